@@ -1,0 +1,50 @@
+"""Presets have the published shapes and parameter counts; overrides and errors are checked."""
+
+import jax
+import numpy as np
+import pytest
+
+from flan_jax.model import T5Config, get_config, params_of, preset_names
+from flan_jax.model.params import abstract_model
+
+# Parameter counts as transformers reports them for the public checkpoints.
+PUBLISHED = {
+    "t5_1_0-small": 60_506_624,    # t5-small
+    "t5_1_0-base": 222_903_552,    # t5-base
+    "t5_1_1-small": 76_961_152,    # google/t5-v1_1-small
+    "flan_t5-base": 247_577_856,   # google/flan-t5-base
+    "flan_t5-large": 783_150_080,  # google/flan-t5-large
+    "flan_t5-xl": 2_849_757_184,   # google/flan-t5-xl
+    "flan_t5-xxl": 11_135_332_352,  # google/flan-t5-xxl
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_presets_have_published_parameter_counts(name):
+    params = params_of(abstract_model(get_config(name)))
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == PUBLISHED[name]
+
+
+def test_variants_differ_as_published():
+    v10, v11 = get_config("t5_1_0-small"), get_config("t5_1_1-small")
+    assert (v10.feed_forward, v10.tie_embeddings, v10.scale_decoder_outputs) == (
+        "relu", True, True)
+    assert (v11.feed_forward, v11.tie_embeddings, v11.scale_decoder_outputs) == (
+        "gated-gelu", False, False)
+    assert get_config("small") == get_config("flan_t5-small") == v11
+    assert get_config("t5_1_0-3b") == get_config("t5_1_0-xl")
+    assert len(preset_names()) == 18
+
+
+def test_overrides_and_errors():
+    cfg = get_config("flan_t5-base", dropout_rate=0.1, attention_backend="auto")
+    assert cfg.dropout_rate == 0.1 and cfg.d_model == 768
+    with pytest.raises(ValueError, match="unknown model preset 'flan_t5-huge'"):
+        get_config("flan_t5-huge")
+    with pytest.raises(ValueError, match="unknown T5Config field.*d_modle"):
+        get_config("tiny", d_modle=3)
+    with pytest.raises(ValueError, match="feed_forward='gated-silu'"):
+        T5Config(feed_forward="gated-silu")
+    with pytest.raises(ValueError, match="param_dtype='float33'"):
+        T5Config(param_dtype="float33")
+    assert T5Config.from_dict(cfg.to_dict()) == cfg
