@@ -10,6 +10,11 @@ from flan_jax.model import create_model, get_config, param_axes, params_of
 from flan_jax.model.losses import token_cross_entropy
 
 
+@nnx.jit
+def forward(model, batch):
+    return model(**batch)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     cfg = get_config("tiny", vocab_size=64, num_decoder_layers=3)
@@ -60,14 +65,21 @@ def test_packed_rows_give_the_same_per_example_loss_as_unpacked(tiny):
     assert max(segs_per_row) >= 3, segs_per_row  # rows really hold several examples
     batch = {k: jnp.asarray(v) for k, v in packed.items()}
     targets = batch.pop("decoder_target_tokens")
-    nll = np.asarray(token_cross_entropy(model(**batch), targets))
+    nll = np.asarray(token_cross_entropy(forward(model, batch), targets))
     packed_losses = [nll[row, ds].sum() for row, ds in where]
 
-    unpacked_losses = []
-    for inputs, tgt in examples:
-        logits = model(jnp.asarray(inputs[None]), jnp.asarray(np.append(0, tgt[:-1])[None]))
-        unpacked_losses.append(float(token_cross_entropy(logits, jnp.asarray(tgt[None])).sum()))
-    np.testing.assert_allclose(packed_losses, unpacked_losses, rtol=1e-5)
+    # The same examples one per row, right-padded, with masks inferred from padding.
+    n = len(examples)
+    enc, dec_in, tgt = (np.zeros((n, 14), np.int32), np.zeros((n, 8), np.int32),
+                        np.zeros((n, 8), np.int32))
+    for i, (inputs, targets) in enumerate(examples):
+        enc[i, :len(inputs)] = inputs
+        tgt[i, :len(targets)] = targets
+        dec_in[i, :len(targets)] = np.append(0, targets[:-1])
+    logits = forward(model, {"encoder_input_tokens": jnp.asarray(enc),
+                             "decoder_input_tokens": jnp.asarray(dec_in)})
+    nll = np.asarray(token_cross_entropy(logits, jnp.asarray(tgt))) * (tgt != 0)
+    np.testing.assert_allclose(packed_losses, nll.sum(axis=1), rtol=1e-5)
 
 
 def test_every_param_has_one_logical_axis_name_per_dim(tiny):
