@@ -1,0 +1,1 @@
+"""Task and mixture registrations; importing a module here registers what it defines."""

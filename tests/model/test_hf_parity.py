@@ -43,7 +43,8 @@ def test_encoder_logits_and_loss_match_hf_on_padded_batch(hf_pair):
     y, ym = padded_batch(rng, cfg.vocab_size, batch=4, max_len=23)
     labels = np.where(ym == 1, y, -100)
     out = _hf_forward(hf, x, xm, labels)
-    decoder_inputs = hf._shift_right(torch.tensor(labels)).numpy()
+    # T5's teacher forcing: the start token (0), then the targets shifted right by one.
+    decoder_inputs = np.concatenate([np.zeros_like(y[:, :1]), y[:, :-1] * ym[:, :-1]], axis=1)
 
     encoded = model.encode(jnp.asarray(x))
     # Padded positions are never read by anything downstream; compare the real ones.
