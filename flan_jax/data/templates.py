@@ -1,0 +1,102 @@
+"""Templates: an (inputs pattern, targets pattern) pair rendered from a dict example.
+
+Patterns use `{field}` slots (`{{` and `}}` for literal braces). The slot `{options_}` renders
+the example's `options` list as an options block (flan_jax.data.options); `without_options()`
+gives the no-options variant that every task with options also gets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flan_jax.data.options import DEFAULT_STYLE, OptionsStyle
+
+OPTIONS_SLOT = "options_"
+OPTIONS_FIELD = "options"
+
+
+class TemplateError(ValueError):
+    """A template that can't be rendered; the message names task, template and field."""
+
+
+def _slots(pattern: str, where: str) -> tuple[str, ...]:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as e:
+        raise TemplateError(f"{where}: bad pattern {pattern!r} ({e})") from e
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise TemplateError(f"{where}: slot {{{name}}} must be a plain field name")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    inputs: str
+    targets: str
+
+    def __post_init__(self) -> None:
+        _slots(self.inputs, "template inputs")
+        _slots(self.targets, "template targets")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The example fields this template reads (`{options_}` reads `options`)."""
+        names = _slots(self.inputs, "inputs") + _slots(self.targets, "targets")
+        return tuple(dict.fromkeys(OPTIONS_FIELD if n == OPTIONS_SLOT else n for n in names))
+
+    @property
+    def has_options(self) -> bool:
+        return OPTIONS_SLOT in _slots(self.inputs, "inputs")
+
+    def without_options(self) -> "Template":
+        """The same template with the `{options_}` slot (and the blank space around it) removed."""
+        inputs = re.sub(r"\s*\{options_\}\s*", "\n", self.inputs).strip()
+        return Template(inputs=inputs, targets=self.targets)
+
+    def render(self, example: Mapping[str, Any], *, style: OptionsStyle = DEFAULT_STYLE,
+               task: str = "?", template_id: int | str = "?") -> tuple[str, str]:
+        """(inputs, targets) text. Missing fields raise TemplateError naming all three."""
+        values: dict[str, Any] = {}
+        for name in self.fields:
+            if name not in example:
+                raise TemplateError(
+                    f"task {task!r}, template {template_id}: field {name!r} is missing from the "
+                    f"example (it has {sorted(example)})")
+            values[name] = _text(example[name])
+        options: Sequence[str] = ()
+        if OPTIONS_FIELD in values:
+            options = [_text(o) for o in _as_list(example[OPTIONS_FIELD], task, template_id)]
+            values[OPTIONS_SLOT] = style.render(options)
+        inputs = self.inputs.format(**values)
+        targets = self.targets.format(**values)
+        if options and self.has_options:
+            targets = style.answer_for(targets, options)
+        return inputs, targets
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if hasattr(value, "numpy"):  # a TF / JAX scalar reaching us from a tf.data pipeline
+        return _text(value.numpy())
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):  # a list in a plain slot reads as "a, b, c"
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _as_list(value: Any, task: str, template_id: int | str) -> list[Any]:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TemplateError(f"task {task!r}, template {template_id}: field 'options' must be a "
+                            f"non-empty list, got {value!r}")
+    return list(value)
