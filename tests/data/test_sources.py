@@ -1,0 +1,72 @@
+"""JSONL sources: typed rows, errors that name file:line, opt-in skipping, seqio streaming."""
+
+import json
+import logging
+import re
+
+import pytest
+
+from flan_jax.data.sources import SourceError, jsonl_source, read_jsonl
+
+SCHEMA = {"question": str, "options": list[str], "answer": str, "score": float}
+
+
+def write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"question": "2+2?", "options": ["3", "4"], "answer": "4", "score": 1, "extra": "x"}
+
+
+def test_rows_are_typed_and_trimmed_to_the_schema(tmp_path):
+    path = write(tmp_path / "a.jsonl", [GOOD, "", GOOD])
+    rows = list(read_jsonl(path, SCHEMA))
+    assert rows == [{k: v for k, v in GOOD.items() if k != "extra"}] * 2
+
+
+@pytest.mark.parametrize("bad,message", [
+    ('{"question": "q",', "invalid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ({"question": "q", "options": ["a"], "score": 1.0}, "missing field 'answer'"),
+    ({**GOOD, "options": "a, b"}, "field 'options' should be list[str], got str"),
+    ({**GOOD, "score": True}, "field 'score' should be float, got bool"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, bad, message):
+    path = write(tmp_path / "bad.jsonl", [GOOD, "", bad, GOOD])
+    with pytest.raises(SourceError, match=rf"bad\.jsonl:3: {re.escape(message)}"):
+        list(read_jsonl(path, SCHEMA))
+
+
+def test_skip_invalid_is_opt_in_and_logged(tmp_path, caplog):
+    path = write(tmp_path / "mixed.jsonl", [GOOD, "[1]", GOOD, "{"])
+    with caplog.at_level(logging.WARNING):
+        assert len(list(read_jsonl(path, SCHEMA, skip_invalid=True))) == 2
+    assert "skipped 2 invalid row(s)" in caplog.text
+
+
+def test_schema_and_file_errors(tmp_path):
+    with pytest.raises(SourceError, match="type dict is not one of"):
+        list(read_jsonl(write(tmp_path / "x.jsonl", [GOOD]), {"q": dict}))
+    with pytest.raises(SourceError, match="missing.jsonl: cannot open"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))
+    with pytest.raises(SourceError, match=r"missing.jsonl: no such file \(split 'train'\)"):
+        jsonl_source({"train": tmp_path / "missing.jsonl"}, SCHEMA)
+
+
+def test_seqio_source_streams_typed_tensors(tmp_path):
+    train = write(tmp_path / "train.jsonl", [GOOD] * 3)
+    source = jsonl_source({"train": train, "validation": [train, train]}, SCHEMA)
+    assert sorted(source.splits) == ["train", "validation"]
+    rows = list(source.get_dataset("validation", shuffle=False).as_numpy_iterator())
+    assert len(rows) == 6
+    assert rows[0]["question"] == b"2+2?" and list(rows[0]["options"]) == [b"3", b"4"]
+    assert rows[0]["score"] == pytest.approx(1.0)
+
+
+def test_seqio_source_surfaces_the_bad_line(tmp_path):
+    train = write(tmp_path / "train.jsonl", [GOOD, {"question": 1}])
+    ds = jsonl_source({"train": train}, SCHEMA).get_dataset("train", shuffle=False)
+    # tf.data wraps the error, but its text keeps file:line and the reason.
+    with pytest.raises(Exception, match=r"train\.jsonl:2: field 'question' should be str"):
+        list(ds.as_numpy_iterator())
