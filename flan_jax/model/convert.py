@@ -207,6 +207,11 @@ def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg: T5Config, *,
         alias = next((a for a in _EMBED_ALIASES if a in tensors), None)
         if alias is not None:
             tensors = {**tensors, "shared.weight": tensors[alias]}
+    for alias in _EMBED_ALIASES:  # T5 shares one embedding; a differing copy is a broken file
+        if alias in tensors and "shared.weight" in tensors and not np.array_equal(
+                tensors[alias], tensors["shared.weight"]):
+            raise CheckpointError(f"{source}: tensor {alias!r} differs from 'shared.weight'; "
+                                  "T5 uses one shared token embedding")
     params: Params = {}
     dtype = cfg.jnp_param_dtype
     for path, hf, to_ours, to_hf in _mapping(cfg):

@@ -104,6 +104,16 @@ def test_unexpected_tensor_is_named(hf_dir):
         load_hf_checkpoint(hf_dir)
 
 
+def test_embedding_aliases_must_equal_shared(hf_dir):
+    tensors = load_file(hf_dir / "model.safetensors")
+    shared = tensors["shared.weight"]
+    _edit_tensors(hf_dir, lambda t: t.update({"encoder.embed_tokens.weight": shared.copy()}))
+    load_hf_checkpoint(hf_dir)  # an equal copy is fine
+    _edit_tensors(hf_dir, lambda t: t.update({"decoder.embed_tokens.weight": shared + 1}))
+    with pytest.raises(CheckpointError, match="'decoder.embed_tokens.weight' differs"):
+        load_hf_checkpoint(hf_dir)
+
+
 def test_wrong_shape_is_named(hf_dir):
     name = "encoder.block.1.layer.0.SelfAttention.k.weight"
     _edit_tensors(hf_dir, lambda t: t.update({name: np.ones((7, 32), np.float32)}))
