@@ -17,10 +17,9 @@ def _convert(args: argparse.Namespace) -> int:
     from flan_jax.model.io import is_flan_jax_dir, load_pretrained, save_pretrained
 
     to = args.to or ("hf" if is_flan_jax_dir(args.src) else "flan-jax")
+    # Both loaders cast the parameters to the config's param_dtype.
     overrides = {"param_dtype": args.dtype} if args.dtype else {}
     cfg, params = load_pretrained(args.src, **overrides)
-    if args.dtype:
-        params = jax.tree.map(lambda x: np.asarray(x).astype(args.dtype), params)
     n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     save = save_hf_checkpoint if to == "hf" else save_pretrained
     save(args.dst, cfg, params, overwrite=args.overwrite)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors import safe_open
 
 from tests.model.hf_reference import make_hf_model, save_hf_model
 
@@ -37,6 +38,8 @@ def test_convert_hf_to_flan_jax_and_back(tmp_path):
     assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
     run_cli("convert", str(tmp_path / "fj"), str(tmp_path / "back"), "--overwrite",
             "--dtype", "bfloat16")
+    with safe_open(str(tmp_path / "back" / "model.safetensors"), framework="np") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"bfloat16"}
 
 
 @pytest.mark.parametrize("args,message", [
