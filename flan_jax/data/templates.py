@@ -40,18 +40,22 @@ class Template:
     targets: str
 
     def __post_init__(self) -> None:
-        _slots(self.inputs, "template inputs")
-        _slots(self.targets, "template targets")
+        # Parsed once here (which also validates): render() runs for every example.
+        inputs, targets = _slots(self.inputs, "template inputs"), _slots(self.targets,
+                                                                          "template targets")
+        fields = tuple(dict.fromkeys(OPTIONS_FIELD if n == OPTIONS_SLOT else n
+                                     for n in inputs + targets))
+        object.__setattr__(self, "_fields", fields)
+        object.__setattr__(self, "_has_options", OPTIONS_SLOT in inputs)
 
     @property
     def fields(self) -> tuple[str, ...]:
         """The example fields this template reads (`{options_}` reads `options`)."""
-        names = _slots(self.inputs, "inputs") + _slots(self.targets, "targets")
-        return tuple(dict.fromkeys(OPTIONS_FIELD if n == OPTIONS_SLOT else n for n in names))
+        return self._fields  # type: ignore[attr-defined]
 
     @property
     def has_options(self) -> bool:
-        return OPTIONS_SLOT in _slots(self.inputs, "inputs")
+        return self._has_options  # type: ignore[attr-defined]
 
     def without_options(self) -> "Template":
         """The same template with the `{options_}` slot (and the blank space around it) removed."""
@@ -79,23 +83,26 @@ class Template:
         return inputs, targets
 
 
+def _plain(value: Any) -> Any:
+    """A TF tensor or numpy value from a tf.data pipeline as plain Python (bytes, list, ...)."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return value
+
+
 def _text(value: Any) -> str:
+    value = _plain(value)
     if isinstance(value, bytes):
         return value.decode("utf-8")
-    if hasattr(value, "numpy"):  # a TF / JAX scalar reaching us from a tf.data pipeline
-        return _text(value.numpy())
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
     if isinstance(value, (list, tuple)):  # a list in a plain slot reads as "a, b, c"
         return ", ".join(_text(v) for v in value)
     return str(value)
 
 
 def _as_list(value: Any, task: str, template_id: int | str) -> list[Any]:
-    if hasattr(value, "numpy"):
-        value = value.numpy()
-    if hasattr(value, "tolist"):
-        value = value.tolist()
+    value = _plain(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise TemplateError(f"task {task!r}, template {template_id}: field 'options' must be a "
                             f"non-empty list, got {value!r}")
