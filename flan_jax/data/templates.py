@@ -83,7 +83,7 @@ class Template:
         return inputs, targets
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A TF tensor or numpy value from a tf.data pipeline as plain Python (bytes, list, ...)."""
     if hasattr(value, "numpy"):
         value = value.numpy()
@@ -93,7 +93,7 @@ def _plain(value: Any) -> Any:
 
 
 def _text(value: Any) -> str:
-    value = _plain(value)
+    value = plain_value(value)
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, (list, tuple)):  # a list in a plain slot reads as "a, b, c"
@@ -102,7 +102,7 @@ def _text(value: Any) -> str:
 
 
 def _as_list(value: Any, task: str, template_id: int | str) -> list[Any]:
-    value = _plain(value)
+    value = plain_value(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise TemplateError(f"task {task!r}, template {template_id}: field 'options' must be a "
                             f"non-empty list, got {value!r}")

@@ -1,0 +1,82 @@
+"""Few-shot exemplars: a bounded pool of train examples and a token budget.
+
+The pool holds at most `capacity` examples (memory stays flat on any split size). A query
+never gets itself as an exemplar: candidates are compared by content key, so a duplicate of
+the query elsewhere in the data is excluded too (FLAN#19/#31 leak exactly this way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from flan_jax.data.formats import FewShotPattern, choose, example_key
+
+Example = Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class ExemplarPool:
+    """A ring buffer of (key, example) from a task's train split."""
+
+    capacity: int = 256
+    _items: list[tuple[str, Example]] = dataclasses.field(default_factory=list)
+    _next: int = 0
+
+    def __post_init__(self) -> None:
+        if self.capacity < 2:
+            raise ValueError("ExemplarPool.capacity must be at least 2")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, example: Example, key: str | None = None) -> None:
+        item = (key or example_key(example), example)
+        if len(self._items) < self.capacity:
+            self._items.append(item)
+        else:
+            self._items[self._next] = item
+            self._next = (self._next + 1) % self.capacity
+
+    def fill(self, examples: Iterable[Example]) -> "ExemplarPool":
+        """Adds examples until the pool is full (reads no more of the iterable than that)."""
+        for example in itertools.islice(examples, self.capacity - len(self._items)):
+            self.add(example)
+        return self
+
+    def candidates(self, seed: int, query_key: str, k: int) -> list[Example]:
+        """Up to k distinct pool examples other than the query, in a seeded order."""
+        others = [(key, ex) for key, ex in self._items if key != query_key]
+        # Rank by a hash of (seed, query, candidate): deterministic, different per query.
+        others.sort(key=lambda item: choose(seed, query_key, item[0], n=2**61))
+        seen: set[str] = set()
+        out = []
+        for key, ex in others:
+            if key not in seen:
+                seen.add(key)
+                out.append(ex)
+            if len(out) == k:
+                break
+        return out
+
+
+def pack_exemplars(rendered: Sequence[tuple[str, str]], query_inputs: str,
+                   pattern: FewShotPattern, *, budget: int,
+                   count_tokens: Callable[[str], int], max_shots: int) -> tuple[str, int]:
+    """Joins as many exemplars as fit: total tokens (exemplars + query) <= `budget`.
+
+    Returns (inputs text, number of shots). With no room for even one exemplar the query is
+    returned alone (0 shots) rather than truncated.
+    """
+    used = count_tokens(pattern.query(query_inputs))
+    chosen: list[tuple[str, str]] = []
+    sep = count_tokens(pattern.example_separator) if pattern.example_separator.strip() else 0
+    for x, y in rendered[:max_shots]:
+        cost = count_tokens(pattern.exemplar(x, y)) + sep
+        if used + cost > budget:
+            break
+        used += cost
+        chosen.append((x, y))
+    return pattern.join(chosen, query_inputs), len(chosen)

@@ -1,0 +1,106 @@
+"""Flan formats: zero-shot, few-shot, chain-of-thought and inverted, and their names.
+
+A rendered example is `{inputs, targets, task, format, template_id}`. Which template renders
+an example is a pure function of (seed, task, example content), uniform over the templates,
+so a pipeline gives the same text on every run, host and restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flan_jax.data.templates import plain_value
+
+ZS_OPT, ZS_NOOPT = "zs_opt", "zs_noopt"
+FS_OPT, FS_NOOPT = "fs_opt", "fs_noopt"
+COT_ZS, COT_FS = "cot_zs", "cot_fs"
+INV = "inv"
+FORMATS = (ZS_OPT, ZS_NOOPT, FS_OPT, FS_NOOPT, COT_ZS, COT_FS, INV)
+FEW_SHOT_FORMATS = (FS_OPT, FS_NOOPT, COT_FS)
+
+
+def task_name(base: str, fmt: str) -> str:
+    """The seqio Task name of a format: `{base}:{format}` (seqio allows ':' in names)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; formats are {FORMATS}")
+    return f"{base}:{fmt}"
+
+
+def example_key(example: Mapping[str, Any]) -> str:
+    """A stable content hash of an example's fields (independent of dict order and run)."""
+    payload = json.dumps({k: _jsonable(v) for k, v in sorted(example.items())},
+                         sort_keys=True, ensure_ascii=False)
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def choose(seed: int, *keys: str, n: int) -> int:
+    """Deterministic uniform index in [0, n) from a seed and string keys."""
+    if n <= 0:
+        raise ValueError("choose() needs n > 0")
+    digest = hashlib.blake2b(":".join((str(seed), *keys)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % n
+
+
+def _jsonable(value: Any) -> Any:
+    value = plain_value(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotPattern:
+    """How exemplars and the query are joined (FLAN's few-shot pattern fields)."""
+
+    inputs_prefix: str = ""
+    targets_prefix: str = ""
+    x_y_delimiter: str = "\n\n"
+    example_separator: str = "\n\n\n"
+    final_suffix: str = ""
+
+    def exemplar(self, inputs: str, targets: str) -> str:
+        return f"{self.inputs_prefix}{inputs}{self.x_y_delimiter}{self.targets_prefix}{targets}"
+
+    def query(self, inputs: str) -> str:
+        text = f"{self.inputs_prefix}{inputs}{self.final_suffix}"
+        if self.targets_prefix.strip():
+            text += f"{self.x_y_delimiter}{self.targets_prefix.rstrip()}"
+        return text
+
+    def join(self, exemplars: Sequence[tuple[str, str]], query_inputs: str) -> str:
+        parts = [self.exemplar(x, y) for x, y in exemplars] + [self.query(query_inputs)]
+        return self.example_separator.join(parts)
+
+
+DEFAULT_FEW_SHOT = FewShotPattern()
+
+# Chain of thought: the target is the rationale, then this sentence; the postprocessor below
+# reads the answer back out of generated text.
+COT_ANSWER_SENTENCE = "So the answer is {answer}."
+_COT_ANSWER = re.compile(r"the answer is[:\s]*(.+?)\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def cot_target(rationale: str, answer: str) -> str:
+    return f"{rationale.rstrip()} {COT_ANSWER_SENTENCE.format(answer=answer)}"
+
+
+def extract_cot_answer(text: str) -> str:
+    """The final answer of a chain-of-thought output ('... So the answer is 12.' -> '12').
+
+    Uses the last 'the answer is'; text without one is returned stripped, so a model that
+    answers directly is still scored on its answer.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    idx = text.lower().rfind("the answer is")
+    if idx < 0:
+        return text.strip()
+    match = _COT_ANSWER.search(text[idx:])
+    return match.group(1).strip() if match else text.strip()
