@@ -1,0 +1,311 @@
+"""The published Flan 2022 collection (pre-rendered rows) as seqio Tasks, ready for mixing.py.
+
+Rows are `{inputs, targets, task_name, template_type}` in parquet or JSONL files (other
+columns, e.g. `task_source`, are ignored). Unlike flan.py nothing is rendered here: the text
+is used as published, tokenised by seqio, with `task` and `format` carried on every example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import seqio
+
+from flan_jax.data import formats as F
+from flan_jax.data.sources import SourceError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("inputs", "targets", "task_name", "template_type")
+SCHEMA = {c: str for c in COLUMNS}
+FEATURES = ("inputs", "targets", "task", "format")  # of every example a source yields
+# `template_type` as the FLAN code writes it (flan/v2/tasks.py): zero-/few-shot, with or
+# without answer options. The CoT, dialog and NIv2 submixes only have the `_opt` kinds.
+TEMPLATE_FORMATS: Mapping[str, str] = {
+    "zs_opt": F.ZS_OPT, "zs_noopt": F.ZS_NOOPT, "fs_opt": F.FS_OPT, "fs_noopt": F.FS_NOOPT}
+# The CoT submix is tagged zs_opt / fs_opt like the others; its rows are chain of thought.
+COT_TEMPLATE_FORMATS: Mapping[str, str] = {"zs_opt": F.COT_ZS, "fs_opt": F.COT_FS}
+BATCH_ROWS = 1024
+
+Files = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+Key = tuple[str, str]  # (task_name, template_type)
+Batch = dict[str, list[str]]  # column -> values, at most BATCH_ROWS of them
+
+
+def read_flan2022(path: str | os.PathLike[str], *, keys: Collection[Key] | None = None,
+                  batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """Column batches of one parquet or JSONL file, checked; only `keys` rows if given.
+
+    Parquet is read one row group at a time in batches of `batch_rows`, so memory stays
+    bounded by a batch, never the file. Errors name the file and the JSONL line or the
+    parquet row (0-based, as in `pyarrow.parquet.read_table(path).slice(row, 1)`).
+    """
+    yield from _read(Path(path), keys, None, batch_rows)
+
+
+def count_rows(files: Files) -> Counter[Key]:
+    """Rows per (task_name, template_type) over files, in one streaming pass.
+
+    Parquet: only the two key columns are read, a row group at a time. JSONL: every row is
+    parsed and checked against SCHEMA, so a bad row fails here, not mid-training.
+    """
+    total: Counter[Key] = Counter()
+    for path in _paths(files, "count_rows"):
+        total.update(_scan(path).counts)
+    return total
+
+
+def flan2022_source(files_by_split: Mapping[str, Files], *,
+                    template_formats: Mapping[str, str] = TEMPLATE_FORMATS):
+    """A seqio source of one submix's rows (FEATURES, all strings), counted by one pass."""
+    files = {split: _paths(v, f"split {split!r}") for split, v in files_by_split.items()}
+    scans = {p: _scan(p) for ps in files.values() for p in ps}
+    _check_template_types(scans, template_formats)
+    return _source(files, scans, template_formats, keys=None)
+
+
+def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
+                             vocabulary: seqio.Vocabulary | None = None, *, by: str = "task",
+                             template_formats: Mapping[str, str] = TEMPLATE_FORMATS,
+                             replace: bool = False) -> list[str]:
+    """Registers seqio Tasks over a published Flan 2022 submix; returns their names.
+
+    `by="task"`: one Task per (task_name, format), named `{name}.{task}:{format}` (task_name
+    with characters seqio rejects made `_`), which is the `{base}:{format}` shape that
+    `mixing.task_rates` / `recipe_rates` cap and share per base task. `by="none"`: one Task
+    `{name}` with every row. `template_formats` maps template_type to a format name
+    (`COT_TEMPLATE_FORMATS` for the CoT submix).
+
+    Registration makes one streaming pass over the files to learn the tasks and their counts
+    (see `count_rows`). A per-task Task then reads only the parquet row groups that hold its
+    rows, so parquet sorted by task_name is read about once in all; rows interleaved across
+    row groups, and JSONL, are read in full by every Task that needs them.
+    """
+    if by not in ("task", "none"):
+        raise ValueError(f"by={by!r}: use 'task' (one Task per task and format) or 'none'")
+    bad = {t: f for t, f in template_formats.items() if f not in F.FORMATS}
+    if bad:
+        raise ValueError(f"template_formats {bad}: formats must be in {F.FORMATS}")
+    if vocabulary is None:
+        from flan_jax.data.vocab import default_vocabulary
+        vocabulary = default_vocabulary()
+    files = {split: _paths(v, f"split {split!r}") for split, v in files_by_split.items()}
+    scans = {p: _scan(p) for ps in files.values() for p in ps}  # a file in two splits: once
+    _check_template_types(scans, template_formats)
+    output_features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=True)
+                       for k in ("inputs", "targets")}
+
+    tasks: dict[str, tuple[set[Key] | None, str | None]] = {}
+    if by == "none":
+        tasks[name] = (None, None)
+    else:
+        raw_by_safe: dict[str, str] = {}
+        for task, ttype in sorted({k for s in scans.values() for k in s.counts}):
+            safe = re.sub(r"[^\w.]", "_", task)
+            if raw_by_safe.setdefault(safe, task) != task:
+                raise SourceError(f"task_name {task!r} and {raw_by_safe[safe]!r} both make "
+                                  f"seqio name {safe!r}; rename one in the files")
+            fmt = template_formats[ttype]
+            keys, _ = tasks.setdefault(F.task_name(f"{name}.{safe}", fmt), (set(), fmt))
+            keys.add((task, ttype))
+    taken = sorted(set(tasks) & set(seqio.TaskRegistry.names()))
+    if taken and not replace:  # checked up front, so a refusal registers nothing
+        raise ValueError(f"seqio Task(s) {taken[:3]}{' ...' if len(taken) > 3 else ''} "
+                         "already registered (pass replace=True to register them again)")
+    for tname, (keys, fmt) in sorted(tasks.items()):
+        if tname in taken:
+            seqio.TaskRegistry.remove(tname)
+        seqio.TaskRegistry.add(
+            tname,
+            source=_source(files, scans, template_formats, keys),
+            output_features=output_features,
+            preprocessors=[seqio.preprocessors.tokenize,
+                           seqio.preprocessors.append_eos_after_trim],
+            postprocess_fn=_cot_answer if fmt in (F.COT_ZS, F.COT_FS) else None)
+    log.info("Flan 2022 submix %r: %d rows in %d file(s) -> %d seqio Task(s)", name,
+             sum(sum(s.counts.values()) for s in scans.values()), len(scans), len(tasks))
+    return sorted(tasks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scan:
+    """What one pass over a file learnt: rows per key, and (parquet) which row groups."""
+
+    counts: Counter[Key]
+    row_groups: Mapping[Key, int] | None  # bit i set: row group i holds the key
+
+
+def _paths(files: Files, what: str) -> list[Path]:
+    paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(p) for p in files]
+    for p in paths:
+        if not p.is_file():
+            raise SourceError(f"{p}: no such file ({what})")
+        if _kind(p) is None:
+            raise SourceError(f"{p}: not a .parquet or .jsonl file ({what})")
+    return paths
+
+
+def _kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return "parquet" if suffix == ".parquet" else "jsonl" if suffix in (".jsonl", ".json") \
+        else None
+
+
+def _scan(path: Path) -> _Scan:
+    if _kind(path) == "jsonl":
+        return _Scan(Counter((r["task_name"], r["template_type"])
+                             for r in read_jsonl(path, SCHEMA)), None)
+    import pyarrow.compute as pc
+
+    pf, offsets = _open_parquet(path)
+    counts: Counter[Key] = Counter()
+    groups: dict[Key, int] = {}
+    for rg in range(pf.num_row_groups):
+        table = pf.read_row_group(rg, columns=["task_name", "template_type"])
+        for column in ("task_name", "template_type"):
+            _check_nulls(path, offsets[rg], column, table.column(column), pc)
+        for row in table.group_by(["task_name", "template_type"]).aggregate(
+                [("task_name", "count")]).to_pylist():
+            key = (row["task_name"], row["template_type"])
+            counts[key] += row["task_name_count"]
+            groups[key] = groups.get(key, 0) | (1 << rg)
+    return _Scan(counts, groups)
+
+
+def _check_template_types(scans: Mapping[Path, _Scan], formats: Mapping[str, str]) -> None:
+    for path, scan in scans.items():
+        unknown: Counter[str] = Counter()
+        for (_, ttype), n in scan.counts.items():
+            if ttype not in formats:
+                unknown[ttype] += n
+        if unknown:
+            ttype, n = unknown.most_common(1)[0]
+            raise SourceError(f"{path}: template_type {ttype!r} ({n} rows) is not in "
+                              f"template_formats {sorted(formats)}; pass template_formats=")
+
+
+def _source(files: Mapping[str, list[Path]], scans: Mapping[Path, _Scan],
+            formats: Mapping[str, str], keys: Collection[Key] | None):
+    """A seqio source of the rows of `keys` (all rows if None), yielding FEATURES."""
+    import tensorflow as tf
+
+    def hits(path: Path) -> tuple[int, list[int] | None]:
+        """Rows of `keys` in a file, and the parquet row groups that hold them."""
+        scan = scans[path]
+        wanted = scan.counts if keys is None else keys
+        n = sum(scan.counts.get(k, 0) for k in wanted)
+        if scan.row_groups is None:
+            return n, None
+        mask = 0
+        for k in wanted:
+            mask |= scan.row_groups.get(k, 0)
+        return n, [i for i in range(mask.bit_length()) if mask >> i & 1]
+
+    plan = {split: [(p, *hits(p)) for p in paths] for split, paths in files.items()}
+    signature = {f: tf.TensorSpec((None,), tf.string) for f in FEATURES}
+
+    def batches(split: str, shuffle: bool, seed: int | None) -> Iterator[Batch]:
+        units = [(p, groups) for p, n, groups in plan[split] if n]
+        rng = random.Random(seed)
+        if shuffle:  # file order and row-group order; seqio's buffer shuffles examples
+            rng.shuffle(units)
+        for path, groups in units:
+            if shuffle and groups is not None:
+                groups = rng.sample(groups, len(groups))
+            for b in _read(path, keys, groups, BATCH_ROWS):
+                fmts = [formats.get(t) for t in b["template_type"]]
+                if None in fmts:
+                    raise SourceError(f"{path}: template_type "
+                                      f"{b['template_type'][fmts.index(None)]!r} is not in "
+                                      f"template_formats {sorted(formats)}")
+                yield {"inputs": b["inputs"], "targets": b["targets"],
+                       "task": b["task_name"], "format": fmts}
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        if split not in plan:
+            raise SourceError(f"Flan 2022 source has no split {split!r} (has {sorted(plan)})")
+        return tf.data.Dataset.from_generator(
+            lambda: batches(split, shuffle_files, seed), output_signature=signature).unbatch()
+
+    counts = {split: sum(n for _, n, _ in units) for split, units in plan.items()}
+    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=list(files),
+                                    num_input_examples=counts)
+
+
+def _read(path: Path, keys: Collection[Key] | None, row_groups: Sequence[int] | None,
+          batch_rows: int) -> Iterator[Batch]:
+    wanted = None if keys is None else set(keys)
+    if _kind(path) == "jsonl":
+        batch: Batch = {c: [] for c in COLUMNS}
+        for row in read_jsonl(path, SCHEMA):
+            if wanted is None or (row["task_name"], row["template_type"]) in wanted:
+                for c in COLUMNS:
+                    batch[c].append(row[c])
+                if len(batch["inputs"]) == batch_rows:
+                    yield batch
+                    batch = {c: [] for c in COLUMNS}
+        if batch["inputs"]:
+            yield batch
+        return
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pf, offsets = _open_parquet(path)
+    joined = None if wanted is None else pa.array(sorted(f"{t}\x1f{tt}" for t, tt in wanted))
+    for rg in range(pf.num_row_groups) if row_groups is None else row_groups:
+        start = offsets[rg]
+        for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=list(COLUMNS)):
+            for c in COLUMNS:
+                _check_nulls(path, start, c, rb.column(c), pc)
+            start += rb.num_rows
+            if joined is not None:  # (string or large_string columns) -> one string key
+                key = pc.binary_join_element_wise(rb.column("task_name").cast(pa.string()),
+                                                  rb.column("template_type").cast(pa.string()),
+                                                  "\x1f")
+                rb = rb.filter(pc.is_in(key, value_set=joined))
+            if rb.num_rows:
+                yield {c: rb.column(c).to_pylist() for c in COLUMNS}
+
+
+def _open_parquet(path: Path):
+    """The ParquetFile, checked for the four string columns, and each row group's first row."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError("reading parquet needs pyarrow: pip install 'flan-jax[hf]'") from e
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise SourceError(f"{path}: cannot read as parquet ({e})") from e
+    schema = pf.schema_arrow
+    for c in COLUMNS:
+        if c not in schema.names:
+            raise SourceError(f"{path}: missing column {c!r} (has {schema.names})")
+        t = schema.field(c).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise SourceError(f"{path}: column {c!r} should be string, got {t}")
+    offsets, row = [], 0
+    for rg in range(pf.num_row_groups):
+        offsets.append(row)
+        row += pf.metadata.row_group(rg).num_rows
+    return pf, offsets
+
+
+def _check_nulls(path: Path, start: int, column: str, values: Any, pc: Any) -> None:
+    if values.null_count:
+        row = start + pc.index(pc.is_null(values), True).as_py()
+        raise SourceError(f"{path}: row {row}: column {column!r} is null")
+
+
+def _cot_answer(output: Any, example: Any = None, is_target: bool = False) -> str:
+    """seqio postprocess_fn for CoT formats: the final answer of the generated text."""
+    return F.extract_cot_answer(output)
