@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test bench clean
+.PHONY: install test bench vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: install
 
 bench: install
 	$(PY) bench/model_step.py
+
+# Retrain the shipped SentencePiece model from the synthetic corpus (byte-for-byte the same).
+vocab: install
+	$(PY) -m flan_jax.data.train_vocab
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -8,14 +8,13 @@ must be prepared before a pipeline runs (`tfds build NAME`); import itself reads
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import seqio
 
-from flan_jax.data import formats, mixing
-from flan_jax.data.fewshot import ExemplarPool
-from flan_jax.data.flan import FlanRenderer, FlanTask, register_flan_task
+from flan_jax.data import mixing
+from flan_jax.data.flan import FlanTask, register_flan_task
 from flan_jax.data.templates import Template as T
 from flan_jax.data.templates import plain_value
 from flan_jax.data.vocab import default_vocabulary
@@ -41,36 +40,6 @@ def rates(task_names: Sequence[str]) -> mixing.Rates:
     """Mixing rates from the recorded train sizes: no data is read."""
     return mixing.task_rates(task_names, cap=SUBMIXTURE.cap, mix=SUBMIXTURE.mix,
                              sizes=TRAIN_SIZES)
-
-
-def render_every_template(spec: FlanTask, raw_examples: Iterable[Mapping[str, Any]],
-                          count_tokens: Callable[[str], int] = len) -> list[dict[str, Any]]:
-    """Each example rendered by every template of every format of `spec` (a preview).
-
-    Few-shot formats take their exemplars from the same examples (never the query itself).
-    """
-    raw_examples = list(raw_examples)
-    out = []
-    for fmt in spec.formats():
-        for tid in range(len(spec.format_templates(fmt))):
-            renderer = _FixedTemplate(spec, fmt, count_tokens, tid)
-            examples = [renderer.fields(r) for r in raw_examples]
-            pool = None
-            if fmt in formats.FEW_SHOT_FORMATS:
-                pool = ExemplarPool(capacity=max(2, len(examples))).fill(examples)
-            out += [renderer.render(ex, pool) for ex in examples]
-    return out
-
-
-class _FixedTemplate(FlanRenderer):
-    """A renderer that always uses template `tid` (the pipeline picks one per example)."""
-
-    def __init__(self, spec: FlanTask, fmt: str, count_tokens: Callable[[str], int], tid: int):
-        super().__init__(spec, fmt, count_tokens)
-        self._tid = tid
-
-    def template_id(self, key: str) -> int:
-        return self._tid
 
 
 # ---- fields: raw TFDS example (plain values) -> template fields ------------------------------

@@ -1,6 +1,6 @@
 """FlanTask: one instruction task spec -> seqio Tasks for every Flan format.
 
-`register_flan_task(spec, vocabulary)` registers `{name}:{format}` for each format the spec
+`register_flan_task(spec)` registers `{name}:{format}` for each format the spec
 supports (see `formats.FORMATS`): zero-shot and few-shot with and without options, CoT
 zero-/few-shot, and inverted. Rendering runs in Python over the raw source's examples;
 tokenisation and EOS are ordinary seqio preprocessors, so packing, caching and evaluation
@@ -10,7 +10,7 @@ work as for any seqio Task.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import seqio
@@ -54,6 +54,10 @@ class FlanTask:
     `fields` maps a raw source example (numpy values) to the template fields; without it the
     raw features are used as they are. CoT formats need `cot` and `cot_templates`, whose
     targets should end with `formats.COT_ANSWER_SENTENCE` (use `formats.cot_target`).
+    `options_required` drops the no-options formats of tasks whose options are the question
+    (pick the odd one out of these four words) rather than a label set. `shuffle_buffer_size`
+    is seqio's per-task buffer: keep it small for i.i.d. sources, since a mixture fills one
+    buffer per task before it yields.
     """
 
     name: str
@@ -65,6 +69,8 @@ class FlanTask:
     cot: CotFields | None = None
     few_shot: FewShotConfig | None = FewShotConfig()
     randomize_options: bool = False
+    options_required: bool = False
+    shuffle_buffer_size: int | None = 1000
     metric_fns: Sequence[Callable[..., Any]] = ()
     postprocess_fn: Callable[..., Any] | None = None
     train_split: str = "train"
@@ -75,6 +81,9 @@ class FlanTask:
             raise ValueError(f"FlanTask {self.name!r}: needs at least one template")
         if self.cot_templates and self.cot is None:
             raise ValueError(f"FlanTask {self.name!r}: cot_templates need cot=CotFields(...)")
+        if self.options_required and not self.has_options:
+            raise ValueError(f"FlanTask {self.name!r}: options_required, but no template has "
+                             "an {options_} slot")
         if self.few_shot is not None and self.train_split not in self.source.splits:
             raise ValueError(
                 f"FlanTask {self.name!r}: few-shot exemplars come from split "
@@ -88,13 +97,16 @@ class FlanTask:
     def formats(self) -> tuple[str, ...]:
         """The formats this spec can render, in `formats.FORMATS` order."""
         out = []
+        noopt = not self.options_required
         if self.has_options:
             out.append(F.ZS_OPT)
-        out.append(F.ZS_NOOPT)
+        if noopt:
+            out.append(F.ZS_NOOPT)
         if self.few_shot is not None:
             if self.has_options:
                 out.append(F.FS_OPT)
-            out.append(F.FS_NOOPT)
+            if noopt:
+                out.append(F.FS_NOOPT)
         if self.cot_templates:
             out.append(F.COT_ZS)
             if self.few_shot is not None:
@@ -129,7 +141,8 @@ class FlanRenderer:
         plain = {k: plain_value(v) for k, v in raw.items()}
         return dict(self.spec.fields(plain)) if self.spec.fields else plain
 
-    def _style(self, key: str) -> OptionsStyle:
+    def options_style(self, key: str) -> OptionsStyle:
+        """The options block style of one example (fixed unless the spec randomizes it)."""
         if not self.spec.randomize_options:
             return DEFAULT_STYLE
         return OptionsStyle.from_seed(F.choose(self.spec.seed, self.spec.name, "style", key,
@@ -138,10 +151,12 @@ class FlanRenderer:
     def template_id(self, key: str) -> int:
         return F.choose(self.spec.seed, self.spec.name, self.fmt, key, n=len(self.templates))
 
-    def render(self, example: Example, pool: ExemplarPool | None = None) -> Example:
+    def render(self, example: Example, pool: ExemplarPool | None = None, *,
+               template_id: int | None = None) -> Example:
+        """One rendered example; `template_id` pins the template (default: seeded choice)."""
         key = F.example_key(example)
-        tid = self.template_id(key)
-        template, style = self.templates[tid], self._style(key)
+        tid = self.template_id(key) if template_id is None else template_id
+        template, style = self.templates[tid], self.options_style(key)
         inputs, targets = template.render(example, style=style, task=self.spec.name,
                                           template_id=f"{self.fmt}/{tid}")
         if self.fmt in F.FEW_SHOT_FORMATS:
@@ -174,6 +189,24 @@ class FlanRenderer:
             yield self.render(self.fields(r), pool)
 
 
+def render_every_template(spec: FlanTask, raw_examples: Iterable[Mapping[str, Any]],
+                          count_tokens: Callable[[str], int] = len) -> list[Example]:
+    """Each example rendered by every template of every format of `spec`: a preview and a
+    check that no template misses a field. Few-shot exemplars come from the same examples
+    (never the query itself)."""
+    raw_examples = list(raw_examples)
+    out = []
+    for fmt in spec.formats():
+        renderer = FlanRenderer(spec, fmt, count_tokens)
+        examples = [renderer.fields(r) for r in raw_examples]
+        pool = None
+        if fmt in F.FEW_SHOT_FORMATS:
+            pool = ExemplarPool(capacity=max(2, len(examples))).fill(examples)
+        for tid in range(len(renderer.templates)):
+            out += [renderer.render(ex, pool, template_id=tid) for ex in examples]
+    return out
+
+
 def rendered_source(spec: FlanTask, fmt: str, vocabulary: seqio.Vocabulary) -> seqio.DataSource:
     """A seqio source of rendered examples (the features in RENDERED_FEATURES)."""
     import tensorflow as tf
@@ -198,13 +231,17 @@ def rendered_source(spec: FlanTask, fmt: str, vocabulary: seqio.Vocabulary) -> s
                                     num_input_examples=counts or None)
 
 
-def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary, *,
+def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = None, *,
                        formats: Sequence[str] | None = None, replace: bool = False) -> list[str]:
     """Registers `{spec.name}:{format}` seqio Tasks; returns their names.
 
+    `vocabulary` defaults to the shipped SentencePiece model (`vocab.default_vocabulary`).
     `formats` limits which formats are registered (default: all the spec supports). CoT
     formats get the answer-extracting postprocessor unless the spec brings its own.
     """
+    if vocabulary is None:
+        from flan_jax.data.vocab import default_vocabulary
+        vocabulary = default_vocabulary()
     wanted = tuple(formats) if formats is not None else spec.formats()
     unknown = set(wanted) - set(spec.formats())
     if unknown:
@@ -232,7 +269,8 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary, *,
             preprocessors=[seqio.preprocessors.tokenize,
                            seqio.preprocessors.append_eos_after_trim],
             postprocess_fn=postprocess,
-            metric_fns=list(spec.metric_fns))
+            metric_fns=list(spec.metric_fns),
+            shuffle_buffer_size=spec.shuffle_buffer_size)
         names.append(name)
     return names
 

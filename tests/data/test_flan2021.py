@@ -9,7 +9,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 from flan_jax.data import formats as F
-from flan_jax.data.flan import FlanRenderer
+from flan_jax.data.flan import FlanRenderer, render_every_template
 from mixtures import flan2021 as C
 
 N = 3  # mock examples per dataset
@@ -79,7 +79,7 @@ def _literals(pattern):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_every_template_of_every_format_renders(name, raw):
     spec = SPECS[name]
-    rendered = C.render_every_template(spec, raw[name])
+    rendered = render_every_template(spec, raw[name])
     expected = [(fmt, tid) for fmt in spec.formats()
                 for tid in range(len(spec.format_templates(fmt))) for _ in range(N)]
     assert [(r["format"], r["template_id"]) for r in rendered] == expected
