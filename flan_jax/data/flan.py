@@ -18,6 +18,7 @@ import seqio
 from flan_jax.data import formats as F
 from flan_jax.data.fewshot import ExemplarPool, pack_exemplars
 from flan_jax.data.options import DEFAULT_STYLE, OptionsStyle
+from flan_jax.data.sources import iter_source, python_source
 from flan_jax.data.templates import Template, plain_value
 
 Example = dict[str, Any]
@@ -177,15 +178,13 @@ class FlanRenderer:
             return None
         cfg = self.spec.few_shot
         assert cfg is not None
-        raw = self.spec.source.get_dataset(self.spec.train_split, shuffle=False)
-        return ExemplarPool(capacity=cfg.pool_size).fill(
-            self.fields(r) for r in raw.as_numpy_iterator())
+        raw = iter_source(self.spec.source, self.spec.train_split)
+        return ExemplarPool(capacity=cfg.pool_size).fill(self.fields(r) for r in raw)
 
     def iterate(self, split: str, shuffle: bool = False, seed: int | None = None
                 ) -> Iterator[Example]:
         pool = self.exemplar_pool()
-        raw = self.spec.source.get_dataset(split, shuffle=shuffle, seed=seed)
-        for r in raw.as_numpy_iterator():
+        for r in iter_source(self.spec.source, split, shuffle=shuffle, seed=seed):
             yield self.render(self.fields(r), pool)
 
 
@@ -216,19 +215,18 @@ def rendered_source(spec: FlanTask, fmt: str, vocabulary: seqio.Vocabulary) -> s
                  "task": tf.TensorSpec((), tf.string), "format": tf.TensorSpec((), tf.string),
                  "template_id": tf.TensorSpec((), tf.int32)}
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        return tf.data.Dataset.from_generator(
-            lambda: renderer.iterate(split, shuffle=shuffle_files, seed=seed),
-            output_signature=signature)
+    def generate(split: str, shuffle: bool, seed: int | None) -> Iterator[Example]:
+        return renderer.iterate(split, shuffle=shuffle, seed=seed)
 
-    counts = {}
-    for split in spec.source.splits:
+    def count(split: str) -> int | None:
+        # Asked lazily: a TFDS source reads its metadata, not wanted at registration; one
+        # that can't count (not prepared yet, a stream) leaves it to seqio.
         try:
-            counts[split] = spec.source.num_input_examples(split)
-        except Exception:  # sources that can't count (streams) leave it to seqio
-            pass
-    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=spec.source.splits,
-                                    num_input_examples=counts or None)
+            return spec.source.num_input_examples(split)
+        except Exception:  # noqa: BLE001 - any failure just means "unknown"
+            return None
+
+    return python_source(generate, signature, spec.source.splits, num_input_examples=count)
 
 
 def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = None, *,

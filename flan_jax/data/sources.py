@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,59 @@ def _parse_row(line: str, schema: Schema | None) -> dict[str, Any]:
     return {name: row[name] for name in schema}
 
 
+Generate = Callable[[str, bool, "int | None"], Iterator[dict[str, Any]]]
+
+
+def python_source(generate: Generate, signature: Mapping[str, Any], splits: Sequence[str],
+                  num_input_examples: Mapping[str, int] | Callable[[str], int | None] | None
+                  = None):
+    """A seqio source over `generate(split, shuffle, seed)`, a generator of example dicts.
+
+    `num_input_examples` is a dict of counts or a function asked on demand (None: unknown).
+
+    seqio reads it through `tf.data.Dataset.from_generator`; Python consumers (exemplar
+    pools, renderers feeding renderers, `flan-jax export`) call `iter_examples` and skip
+    tf.data, which costs more than the rendering itself.
+    """
+    import seqio
+    import tensorflow as tf
+
+    class PythonSource(seqio.FunctionDataSource):
+        def iter_examples(self, split: str, shuffle: bool = False,
+                          seed: int | None = None) -> Iterator[dict[str, Any]]:
+            if split not in self.splits:
+                raise SourceError(f"split {split!r} is not one of {list(self.splits)}")
+            return generate(split, shuffle, seed)
+
+        def num_input_examples(self, split: str) -> int | None:
+            if callable(count):
+                return count(split)
+            return super().num_input_examples(split)
+
+    count = num_input_examples
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        return tf.data.Dataset.from_generator(lambda: generate(split, shuffle_files, seed),
+                                              output_signature=dict(signature))
+
+    counts = dict(num_input_examples) if isinstance(num_input_examples, Mapping) else None
+    return PythonSource(dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=counts)
+
+
+def iter_source(source, split: str, *, shuffle: bool = False,
+                seed: int | None = None) -> Iterator[Mapping[str, Any]]:
+    """Examples of any seqio source in Python: directly for python_source, else via tf.data."""
+    if hasattr(source, "iter_examples"):
+        return source.iter_examples(split, shuffle=shuffle, seed=seed)
+    return source.get_dataset(split, shuffle=shuffle, seed=seed).as_numpy_iterator()
+
+
 def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
                  schema: Schema, *, skip_invalid: bool = False):
     """A `seqio.FunctionDataSource` over JSONL files per split, typed by `schema`.
 
     Rows are validated as they stream; a bad row fails the pipeline with its `file:line`.
     """
-    import seqio
     import tensorflow as tf
 
     validate_schema(schema)
@@ -117,15 +163,11 @@ def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str
     signature = {name: tf.TensorSpec(shape=_TYPES[t][1], dtype=_TYPES[t][0])
                  for name, t in schema.items()}
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    def rows(split: str, shuffle: bool, seed: int | None) -> Iterator[dict[str, Any]]:
+        del shuffle, seed  # files are read in order; seqio's buffer shuffles examples
         if split not in files:
             raise SourceError(f"split {split!r} has no JSONL files (have {sorted(files)})")
-        paths = [str(p) for p in files[split]]
+        for p in files[split]:
+            yield from read_jsonl(p, schema, skip_invalid=skip_invalid)
 
-        def rows():
-            for p in paths:
-                yield from read_jsonl(p, schema, skip_invalid=skip_invalid)
-
-        return tf.data.Dataset.from_generator(rows, output_signature=signature)
-
-    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=sorted(files))
+    return python_source(rows, signature, sorted(files))

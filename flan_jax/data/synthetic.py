@@ -18,6 +18,7 @@ import seqio
 
 from flan_jax.data import formats as F
 from flan_jax.data.flan import CotFields, FewShotConfig, FlanTask
+from flan_jax.data.sources import python_source
 from flan_jax.data.synthetic_families import FAMILIES, Example, Family
 
 SPLIT_SIZES: Mapping[str, int] = {"train": 5000, "validation": 200, "test": 200}
@@ -83,18 +84,13 @@ def _signature(fam: Family):
 def source(fam: Family, *, seed: int = 0,
            sizes: Mapping[str, int] = SPLIT_SIZES) -> seqio.DataSource:
     """A seqio source of one family's raw examples (shuffling is left to seqio's buffer)."""
-    import tensorflow as tf
+    data_seed = seed
 
-    signature, data_seed = _signature(fam), seed
+    def generate(split: str, shuffle: bool, seed: int | None) -> Iterator[Example]:
+        del shuffle, seed  # one deterministic stream per split
+        return examples(fam, split, seed=data_seed, sizes=sizes)
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one deterministic stream per split
-        return tf.data.Dataset.from_generator(
-            lambda: examples(fam, split, seed=data_seed, sizes=sizes),
-            output_signature=signature)
-
-    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(sizes),
-                                    num_input_examples=dict(sizes))
+    return python_source(generate, _signature(fam), tuple(sizes), num_input_examples=sizes)
 
 
 def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES) -> FlanTask:

@@ -47,6 +47,9 @@ class Template:
                                      for n in inputs + targets))
         object.__setattr__(self, "_fields", fields)
         object.__setattr__(self, "_has_options", OPTIONS_SLOT in inputs)
+        # A closing line ("Answer:") only reads well when the options end the prompt.
+        object.__setattr__(self, "_options_last",
+                           self.inputs.rstrip().endswith("{" + OPTIONS_SLOT + "}"))
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -75,6 +78,8 @@ class Template:
         options: Sequence[str] = ()
         if OPTIONS_FIELD in values:
             options = [_text(o) for o in _as_list(example[OPTIONS_FIELD], task, template_id)]
+            if style.footer and not self._options_last:  # type: ignore[attr-defined]
+                style = dataclasses.replace(style, footer="")
             values[OPTIONS_SLOT] = style.render(options)
         inputs = self.inputs.format(**values)
         targets = self.targets.format(**values)

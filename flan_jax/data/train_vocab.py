@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--special", nargs="*", default=(), metavar="TOKEN",
                         help="extra unsplittable tokens to build into the model")
     args = parser.parse_args(argv)
+    from flan_jax.quiet import import_tensorflow
+    import_tensorflow()
     data = train(pieces=args.pieces, samples_per_family=args.samples_per_family,
                  special_tokens=args.special)
     write_atomically(args.out, data)

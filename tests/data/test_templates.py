@@ -40,6 +40,9 @@ def test_lettered_styles_answer_with_the_marker():
     inputs, targets = NLI.render({**EXAMPLE, "answer": "no"}, style=numbered)
     assert inputs.endswith("1. yes\n2. it is not possible to tell\n3. no\nAnswer:")
     assert targets == "3."
+    # a closing line is dropped when the prompt goes on after the options (no "Answer:\nA:")
+    inputs, _ = Template("{premise}\n{options_}\nA:", "{answer}").render(EXAMPLE, style=numbered)
+    assert inputs.endswith("3. no\nA:")
 
 
 def test_seeded_styles_are_deterministic_and_varied():

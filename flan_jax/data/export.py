@@ -1,0 +1,221 @@
+"""Rendered text of a task or mixture: preview it (`flan-jax show`), stream it to JSONL
+(`flan-jax export`), and report each task's share (`--stats`).
+
+Text is read from each task's source, before tokenization, so an export needs no
+vocabulary work and holds one example at a time. A mixture is sampled in Python by its
+rates, with one stream per task, exactly as seqio weights its tasks. An export is written to
+an anonymous file in the target directory (Linux `O_TMPFILE`) that is linked into place
+only when complete: killed at any moment, it leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+import random
+import signal
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import seqio
+
+from flan_jax.data.templates import plain_value
+
+TEXT_FEATURES = ("inputs", "targets", "task", "format", "template_id")
+DEFAULT_MODULES = ("mixtures",)  # every module of this package is imported
+
+
+class ExportError(ValueError):
+    """A name, split or output path that can't be exported; the message names it."""
+
+
+def import_modules(modules: Sequence[str] = DEFAULT_MODULES) -> None:
+    """Imports task modules (a package: all of its modules), which register their tasks."""
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise ExportError(f"can't import task module {name!r}: {e}") from e
+        if hasattr(module, "__path__"):
+            for info in pkgutil.iter_modules(module.__path__, prefix=f"{name}."):
+                importlib.import_module(info.name)
+
+
+def resolve(name: str) -> seqio.Task | seqio.Mixture:
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = sorted(seqio.MixtureRegistry.names())
+        hint = [t for t in sorted(seqio.TaskRegistry.names()) if t.startswith(name)][:8]
+        raise ExportError(
+            f"no seqio task or mixture named {name!r}; mixtures: {known}"
+            + (f"; tasks starting with it: {hint}" if hint else "")) from None
+
+
+def shares(name: str) -> list[tuple[str, float]]:
+    """(task, share of examples) of a mixture, largest first; a task is all of itself."""
+    obj = resolve(name)
+    if isinstance(obj, seqio.Task):
+        return [(obj.name, 1.0)]
+    rates = [(t.name, float(obj.get_rate(t))) for t in obj.tasks]
+    total = sum(r for _, r in rates)
+    return sorted(((n, r / total) for n, r in rates), key=lambda x: (-x[1], x[0]))
+
+
+def _row(example: dict[str, Any], task: str) -> dict[str, Any]:
+    row = {}
+    for key in TEXT_FEATURES:
+        if key in example:
+            value = plain_value(example[key])
+            row[key] = value.decode("utf-8") if isinstance(value, bytes) else value
+    row.setdefault("task", task)
+    return row
+
+
+def task_rows(task: seqio.Task, split: str, *, shuffle: bool = False, seed: int | None = None,
+              repeat: bool = False) -> Iterator[dict[str, Any]]:
+    """One task's examples as text rows, from its source (or seqio's pretokenized copy)."""
+    if split not in task.splits:
+        raise ExportError(f"task {task.name!r} has no split {split!r} (has {list(task.splits)})")
+    while True:
+        if hasattr(task.source, "iter_examples"):  # rendered in Python: skip tf.data
+            for ex in task.source.iter_examples(split, shuffle=shuffle, seed=seed):
+                yield _row(ex, task.name)
+        elif _has_text(task.source.get_dataset(split, shuffle=False)):
+            for ex in task.source.get_dataset(split, shuffle=shuffle,
+                                              seed=seed).as_numpy_iterator():
+                yield _row(ex, task.name)
+        else:  # a plain seqio task: run its preprocessors, keep the text copies
+            ds = task.get_dataset(None, split=split, shuffle=shuffle, seed=seed,
+                                  trim_output_features=False)
+            for ex in ds.as_numpy_iterator():
+                text = {k: ex.get(f"{k}_pretokenized", ex.get(k)) for k in ("inputs", "targets")}
+                yield _row({**ex, **text}, task.name)
+        if not repeat:
+            return
+        seed = None if seed is None else seed + 1
+
+
+def _has_text(ds: Any) -> bool:
+    spec = ds.element_spec
+    return all(k in spec and spec[k].dtype.name == "string" for k in ("inputs", "targets"))
+
+
+def rows(name: str, split: str = "train", *, seed: int = 0,
+         shuffle: bool = True) -> Iterator[dict[str, Any]]:
+    """Text rows of a task (one pass) or a mixture (sampled by rate, endless)."""
+    obj = resolve(name)
+    if isinstance(obj, seqio.Task):
+        yield from task_rows(obj, split, shuffle=shuffle, seed=seed)
+        return
+    tasks = [t for t in obj.tasks if split in t.splits]
+    if not tasks:
+        raise ExportError(f"mixture {name!r}: none of its tasks has split {split!r}")
+    weights = [float(obj.get_rate(t)) for t in tasks]
+    streams: dict[str, Iterator[dict[str, Any]]] = {}
+    rng = random.Random(seed)
+    while True:
+        task = rng.choices(tasks, weights)[0]
+        if task.name not in streams:
+            streams[task.name] = task_rows(task, split, shuffle=shuffle,
+                                           seed=rng.randrange(2**31), repeat=True)
+        yield next(streams[task.name])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    count: int
+    per_task: Counter[str]
+
+
+def export_jsonl(name: str, out: str | os.PathLike[str], *, n: int | None = None,
+                 split: str = "train", seed: int = 0, overwrite: bool = False,
+                 progress: Callable[[int], None] | None = None) -> ExportResult:
+    """Streams `n` rows (a task: all of its split by default) to JSONL, atomically."""
+    out = Path(out)
+    obj = resolve(name)
+    if n is None and isinstance(obj, seqio.Mixture):
+        raise ExportError(f"{name!r} is a mixture (it samples without end): give --n")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out.parent}: no such directory")
+    per_task: Counter[str] = Counter()
+    count = 0
+    with _atomic_writer(out) as f:
+        for row in rows(name, split, seed=seed, shuffle=True):
+            if n is not None and count >= n:
+                break
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            per_task[f"{row['task']}:{row['format']}" if "format" in row else row["task"]] += 1
+            count += 1
+            if progress is not None:
+                progress(count)
+    return ExportResult(out, count, per_task)
+
+
+@contextlib.contextmanager
+def _atomic_writer(out: Path) -> Iterator[Any]:
+    """A text file that appears at `out` complete or not at all.
+
+    With O_TMPFILE the data has no name until it is linked at the end, so even SIGKILL
+    leaves nothing; elsewhere a dot-named temp file is removed on errors and SIGTERM.
+    """
+    fd = None
+    if hasattr(os, "O_TMPFILE"):
+        with contextlib.suppress(OSError):
+            fd = os.open(out.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    tmp_name = None
+    if fd is None:
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    previous = _raise_on_sigterm()
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            if tmp_name is None:
+                # Give the anonymous file a temporary name, then rename it over `out`.
+                tmp_name = str(out.parent / f".{out.name}.{os.getpid()}.tmp")
+                _link_anonymous(f.fileno(), tmp_name)
+        os.replace(tmp_name, out)
+        tmp_name = None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _link_anonymous(fd: int, path: str) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: os.link can't follow that magic link."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, at_symlink_follow = -100, 0x400
+    if libc.linkat(at_fdcwd, f"/proc/self/fd/{fd}".encode(), at_fdcwd, os.fsencode(path),
+                   at_symlink_follow) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"can't link the finished export to {path}: {os.strerror(err)}")
+
+
+def _raise_on_sigterm():
+    """Turns SIGTERM into an exception (so `finally` cleans up); main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
