@@ -1,4 +1,4 @@
-"""The README's task-registration example runs as written (with a byte vocabulary)."""
+"""The README's task-registration example runs as written, with the shipped vocabulary."""
 
 import json
 import re
@@ -19,15 +19,18 @@ def test_register_your_own_task_example_runs(tmp_path, monkeypatch, capsys):
             (("France", "Paris"), ("Peru", "Lima"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"))]
     for split in ("capitals_train", "capitals_val"):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    # No SentencePiece model ships yet: stand a byte vocabulary in for the path.
-    monkeypatch.setattr(seqio, "SentencePieceVocabulary", lambda path: seqio.ByteVocabulary())
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        scope = {}
+        exec(compile(code, "README.md", "exec"), scope)
         assert "['capitals:zs_noopt', 'capitals:fs_noopt', 'capitals:inv']" in capsys.readouterr().out
+        first = next(scope["ds"].as_numpy_iterator())
+        assert first["targets_pretokenized"].decode() in {r["country"] for r in rows}
         ds = seqio.get_mixture_or_task("capitals:inv").get_dataset(
             {"inputs": 64, "targets": 16}, split="validation", shuffle=False, use_cached=False)
         first = next(ds.as_numpy_iterator())
         assert first["inputs_pretokenized"] == b"Paris is the capital of which country?"
+        vocab = seqio.get_mixture_or_task("capitals:inv").output_features["inputs"].vocabulary
+        assert vocab.decode(first["inputs"].tolist()) == "Paris is the capital of which country?"
     finally:
         for name in ("capitals:zs_noopt", "capitals:fs_noopt", "capitals:inv"):
             seqio.TaskRegistry.remove(name)
