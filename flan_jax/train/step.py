@@ -1,0 +1,156 @@
+"""The train step: a pure `(state, batch) -> (state, metrics)` for `jax.jit`.
+
+The loss is summed over target tokens inside each microbatch and normalized once for the
+whole batch, so gradient accumulation over k microbatches gives the same update as one big
+batch. Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from flan_jax.model.params import Params
+
+Batch = Mapping[str, jax.Array]
+NORMALIZATIONS = ("tokens", "constant")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar
+    params: Params
+    opt_state: optax.OptState
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainState":
+        return cls(step=d["step"], params=d["params"], opt_state=d["opt_state"])
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """`normalization`: "tokens" divides by the real target tokens of the batch (HF-like);
+    "constant" divides by `normalizing_factor` (t5x's loss_normalizing_factor, e.g.
+    batch * targets_length), which keeps short-target examples from weighing more."""
+
+    z_loss: float = 1e-4
+    label_smoothing: float = 0.0
+    normalization: str = "tokens"
+    normalizing_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"LossConfig.normalization={self.normalization!r}: choose one of "
+                             f"{NORMALIZATIONS}")
+        if self.normalization == "constant" and not self.normalizing_factor:
+            raise ValueError("LossConfig.normalizing_factor is needed with "
+                             "normalization='constant'")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} not in [0, 1)")
+
+
+def token_losses(logits: jax.Array, targets: jax.Array, cfg: LossConfig
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Per-token (cross entropy [+ z-loss], z-loss), f32, with t5x's label smoothing."""
+    logits = logits.astype(jnp.float32)
+    vocab = logits.shape[-1]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    log_probs = logits - log_z[..., None]
+    confidence = 1.0 - cfg.label_smoothing
+    low = cfg.label_smoothing / max(vocab - 1, 1)
+    target_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    if cfg.label_smoothing:
+        # Subtract the smoothed distribution's entropy so a perfect model scores 0, as t5x does.
+        normalizer = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+        ce = -(confidence * target_lp + low * (jnp.sum(log_probs, -1) - target_lp)) - normalizer
+    else:
+        ce = -target_lp
+    z = cfg.z_loss * jnp.square(log_z)
+    return ce + z, z
+
+
+def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,
+          dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    model = nnx.merge(graphdef, params)
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
+    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                   encoder_segment_ids=batch.get("encoder_segment_ids"),
+                   decoder_segment_ids=batch.get("decoder_segment_ids"),
+                   encoder_positions=batch.get("encoder_positions"),
+                   decoder_positions=batch.get("decoder_positions"), rngs=rngs)
+    targets = batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    loss, z = token_losses(logits, targets, cfg)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    sums = {"loss": jnp.sum(loss * weights), "z_loss": jnp.sum(z * weights),
+            "correct": jnp.sum(correct * weights), "tokens": jnp.sum(weights)}
+    return sums["loss"], sums
+
+
+def _split(batch: Batch, k: int) -> Batch:
+    def reshape(x: jax.Array) -> jax.Array:
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} rows can't be split into {k} microbatches")
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+    return {name: reshape(x) for name, x in batch.items()}
+
+
+def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
+               optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
+               schedule: optax.Schedule | None = None, microbatches: int = 1,
+               dropout_seed: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from `batch` (accumulated over `microbatches` if > 1).
+
+    Pass it to `jax.jit` with the static keyword arguments bound (functools.partial).
+    `dropout_seed=None` disables dropout (the model's dropout_rate is then unused).
+    """
+    key = None
+    if dropout_seed is not None:
+        key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+    grad_fn = jax.grad(_sums, has_aux=True)
+    if microbatches == 1:
+        grads, sums = grad_fn(state.params, graphdef, batch, loss_cfg, key)
+    else:
+        def body(carry, xs):
+            acc_grads, acc_sums = carry
+            i, micro = xs
+            k = None if key is None else jax.random.fold_in(key, i)
+            g, s = grad_fn(state.params, graphdef, micro, loss_cfg, k)
+            return (jax.tree.map(jnp.add, acc_grads, g),
+                    jax.tree.map(jnp.add, acc_sums, s)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "correct",
+                                                             "tokens")}
+        (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums),
+                                        (jnp.arange(microbatches), _split(batch, microbatches)))
+    denom = (jnp.maximum(sums["tokens"], 1.0) if loss_cfg.normalization == "tokens"
+             else jnp.float32(loss_cfg.normalizing_factor))
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": sums["loss"] / denom,
+        "z_loss": sums["z_loss"] / denom,
+        "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1.0),
+        "target_tokens": sums["tokens"],
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+    }
+    if schedule is not None:
+        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
