@@ -86,6 +86,88 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gin_help(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                   help="gin config (a path, or a name under the package's gin/, e.g. "
+                        "runs/demo.gin); repeatable, later files override earlier ones")
+    p.add_argument("--gin.NAME=VALUE", dest="_gin_doc", metavar="", default=None,
+                   help="override one binding, e.g. --gin.train.total_steps=2000 or "
+                        "--gin.train.model_dir=\"'/tmp/run'\" (gin syntax: strings quoted)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flan_jax.train.loop import train
+
+    result = train()
+    status = "stopped early (SIGTERM), resume by rerunning" if result.stopped_early else "done"
+    print(f"{status}: step {result.step}, model dir {result.model_dir}")
+    for step in sorted(result.evals):
+        print(f"\nevaluation at step {step}:")
+        print(_eval_table(result.evals[step]))
+    return 0
+
+
+def _eval_table(results, baseline=None) -> str:
+    from flan_jax.train.evaluate import summary
+
+    lines = []
+    for group, tasks in results.items():
+        lines.append(f"[{group}]")
+        width = max(len(t) for t in tasks)
+        for task in sorted(tasks):
+            acc = tasks[task].get("accuracy")
+            was = baseline.get(group, {}).get(task, {}).get("accuracy") if baseline else None
+            cell = f"{acc:6.1f}" if acc is not None else "     -"
+            if was is not None:
+                cell = f"{was:6.1f} -> {cell}"
+            lines.append(f"  {task:<{width}}  {cell}")
+        mean = summary({group: tasks}).get(f"eval/{group}/accuracy")
+        if mean is not None:
+            lines.append(f"  {'mean accuracy':<{width}}  {mean:6.1f}")
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from flan_jax.train import evaluate, infer
+
+    model, _ = infer.load(args.checkpoint)
+    results = evaluate.Evaluator(evaluate.EvalConfig())(model)
+    print(_eval_table(results))
+    if args.output:
+        evaluate.write_json(results, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from flan_jax.train import infer
+
+    if (args.input is None) == (args.input_file is None):
+        raise ValueError("give --input TEXT (repeatable) or --input_file FILE.jsonl")
+    if args.input_file is not None and args.output is None:
+        raise ValueError("--input_file needs --output FILE.jsonl")
+    model, vocabulary = infer.load(args.checkpoint, vocab=args.vocab)
+    kwargs = {}
+    if args.method == "sample":
+        import jax
+        kwargs = {"rng": jax.random.key(args.seed), "temperature": args.temperature,
+                  "top_k": args.top_k, "top_p": args.top_p}
+    elif args.method == "beam":
+        kwargs = {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
+    options = dict(max_input_len=args.max_input_len, max_decode_len=args.max_decode_len,
+                   batch_size=args.batch_size, method=args.method, **kwargs)
+    if args.input is not None:
+        for text, out in zip(args.input, infer.generate(model, vocabulary, args.input,
+                                                        **options)):
+            print(f"> {text}\n{out}\n")
+        return 0
+    rows = list(infer.read_inputs(args.input_file, args.field))
+    outputs = infer.generate(model, vocabulary, [r[args.field] for r in rows], **options)
+    n = infer.write_outputs(({**r, "output": o} for r, o in zip(rows, outputs)), args.output)
+    print(f"wrote {n} outputs to {args.output}")
+    return 0
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="MIXTURE_OR_TASK",
                    help="a registered seqio mixture or task, e.g. flan_jax_default or "
@@ -150,29 +232,111 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(func=_export)
+
+    train = sub.add_parser(
+        "train", help="train or finetune a model (gin-configured)",
+        description=(
+            "Train, or resume, the run that the gin files describe. Start with "
+            "--gin_file=runs/demo.gin (tiny model, built-in mixture, minutes on a CPU); "
+            "runs/finetune.gin finetunes a Hugging Face / flan-jax checkpoint "
+            "(--gin.train.init_from=\"'DIR'\"); mesh/*.gin pick the parallelism. A mistyped "
+            "binding or a missing required value stops before any work, naming it. Rerunning "
+            "the same command resumes from the last checkpoint, exactly."))
+    _gin_help(train)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a checkpoint on the eval mixtures (gin EvalConfig)",
+        description="Decode every eval task of each group (default: held-in and held-out "
+                    "synthetic families) and print per-task accuracy.")
+    ev.add_argument("--checkpoint", required=True,
+                    help="a training model_dir, a flan-jax model dir or a Hugging Face dir")
+    ev.add_argument("--output", type=Path, help="also write the results as JSON here")
+    _gin_help(ev)
+    ev.set_defaults(func=_eval)
+
+    inf = sub.add_parser(
+        "infer", help="generate text from a checkpoint",
+        description="Generate from a training model_dir, a flan-jax model dir or an "
+                    "imported Hugging Face T5 dir (its spiece.model is used when present).")
+    inf.add_argument("--checkpoint", required=True, help="model directory (see above)")
+    inf.add_argument("--input", action="append", metavar="TEXT",
+                     help="a prompt; repeatable")
+    inf.add_argument("--input_file", type=Path, help="JSONL with one prompt per row")
+    inf.add_argument("--field", default="inputs",
+                     help="the prompt's field in --input_file rows (default: %(default)s)")
+    inf.add_argument("--output", type=Path, help="JSONL to write (rows + 'output')")
+    inf.add_argument("--vocab", help="SentencePiece model (default: the checkpoint's "
+                                     "spiece.model, else the shipped vocabulary)")
+    inf.add_argument("--method", choices=("greedy", "sample", "beam"), default="greedy")
+    inf.add_argument("--max_input_len", type=int, default=256)
+    inf.add_argument("--max_decode_len", type=int, default=64)
+    inf.add_argument("--batch_size", type=int, default=8)
+    inf.add_argument("--temperature", type=float, default=1.0)
+    inf.add_argument("--top_k", type=int, default=0)
+    inf.add_argument("--top_p", type=float, default=1.0)
+    inf.add_argument("--seed", type=int, default=0)
+    inf.add_argument("--beam_size", type=int, default=4)
+    inf.add_argument("--length_penalty", type=float, default=0.6)
+    _gin_help(inf)
+    inf.set_defaults(func=_infer)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flan_jax import gin_utils
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, gin_files, gin_bindings = gin_utils.split_gin_args(argv)
+    except gin_utils.GinConfigError as e:
+        print(f"flan-jax: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
-    if args.command in ("show", "export"):
+    if args.command in ("show", "export", "train", "eval", "infer"):
         from flan_jax.quiet import import_tensorflow
         import_tensorflow()
     from flan_jax.data.export import ExportError
     from flan_jax.data.sources import SourceError
     from flan_jax.data.templates import TemplateError
     from flan_jax.data.vocab import VocabularyError
+    from flan_jax.train.loop import NonFiniteLossError
+    if args.command in ("train", "eval", "infer"):
+        try:  # (the imports above registered every configurable before gin locks)
+            gin_utils.parse(gin_files, gin_bindings)
+        except gin_utils.GinConfigError as e:
+            print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
+            return 2
+    elif gin_files or gin_bindings:
+        print(f"flan-jax {args.command}: error: takes no --gin_file / --gin.* flags",
+              file=sys.stderr)
+        return 2
 
     try:
         return args.func(args)
-    except (CheckpointError, FileExistsError, ExportError, SourceError, TemplateError,
-            VocabularyError) as e:
+    except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, SourceError,
+            TemplateError, VocabularyError, NonFiniteLossError) as e:
+        print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not _is_config_error(e):
+            raise
+
         print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flan-jax {args.command}: interrupted; files it was writing were not created "
               "(existing ones are unchanged)", file=sys.stderr)
         return 130
+
+
+def _is_config_error(e: ValueError) -> bool:
+    """gin's missing-REQUIRED errors and our own named-setting errors are user errors."""
+    text = str(e)
+    return ("Required bindings" in text or "must have initial args" in text
+            or any(f"{name}." in text for name in (
+                "train", "DataConfig", "EvalConfig", "LossConfig", "MeshConfig",
+                "make_optimizer", "learning_rate_schedule", "T5Config")) or "--input" in text)
 
 
 if __name__ == "__main__":

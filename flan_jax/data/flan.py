@@ -16,6 +16,7 @@ from typing import Any
 import seqio
 
 from flan_jax.data import formats as F
+from flan_jax.data import metrics
 from flan_jax.data.fewshot import ExemplarPool, pack_exemplars
 from flan_jax.data.options import DEFAULT_STYLE, OptionsStyle
 from flan_jax.data.sources import iter_source, python_source
@@ -235,7 +236,8 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
 
     `vocabulary` defaults to the shipped SentencePiece model (`vocab.default_vocabulary`).
     `formats` limits which formats are registered (default: all the spec supports). CoT
-    formats get the answer-extracting postprocessor unless the spec brings its own.
+    formats get the answer-extracting postprocessor unless the spec brings its own; tasks
+    without metric_fns are scored by exact-match `metrics.accuracy`.
     """
     if vocabulary is None:
         from flan_jax.data.vocab import default_vocabulary
@@ -267,7 +269,7 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
             preprocessors=[seqio.preprocessors.tokenize,
                            seqio.preprocessors.append_eos_after_trim],
             postprocess_fn=postprocess,
-            metric_fns=list(spec.metric_fns),
+            metric_fns=list(spec.metric_fns) or [metrics.accuracy],
             shuffle_buffer_size=spec.shuffle_buffer_size)
         names.append(name)
     return names

@@ -108,11 +108,14 @@ def _split(batch: Batch, k: int) -> Batch:
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
                schedule: optax.Schedule | None = None, microbatches: int = 1,
-               dropout_seed: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               dropout_seed: int | None = None, skip_nonfinite: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from `batch` (accumulated over `microbatches` if > 1).
 
     Pass it to `jax.jit` with the static keyword arguments bound (functools.partial).
     `dropout_seed=None` disables dropout (the model's dropout_rate is then unused).
+    `skip_nonfinite`: a step whose loss or gradients are not finite leaves params and
+    optimizer state as they were (metrics["skipped"] = 1); otherwise the caller stops.
     """
     key = None
     if dropout_seed is not None:
@@ -139,13 +142,20 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
     metrics = {
         "loss": sums["loss"] / denom,
         "z_loss": sums["z_loss"] / denom,
         "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1.0),
         "target_tokens": sums["tokens"],
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(params),
+        "skipped": 1.0 - finite.astype(jnp.float32),
     }
     if schedule is not None:
         metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)

@@ -1,0 +1,83 @@
+"""Generation from a trained or imported model: `flan-jax infer`.
+
+A checkpoint is a flan-jax model dir, a Hugging Face T5 dir (its `spiece.model` is used
+when present) or a training `model_dir` (its exported `model/`). Inputs are batched with a
+fixed batch size and length, so the decoder compiles once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flan_jax.data.sources import read_jsonl
+
+
+def model_path(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if (path / "model" / "config.json").exists() and not (path / "config.json").exists():
+        return path / "model"  # a training model_dir
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a model directory (no config.json, and no "
+                                "model/ export of a training run)")
+    return path
+
+
+def load(checkpoint: str | Path, vocab: str | None = None):
+    """(model, vocabulary) from any checkpoint `model_path` accepts."""
+    from flan_jax.data import vocab as vocab_lib
+    from flan_jax.model.io import load_pretrained
+    from flan_jax.model.params import model_from_params
+
+    path = model_path(checkpoint)
+    cfg, params = load_pretrained(path)
+    if vocab is None and (path / "spiece.model").exists():
+        vocab = str(path / "spiece.model")
+    vocabulary = (vocab_lib.sentencepiece_vocabulary(vocab) if vocab
+                  else vocab_lib.default_vocabulary())
+    return model_from_params(cfg, params), vocabulary
+
+
+def generate(model, vocabulary, texts: Sequence[str], *, max_input_len: int = 256,
+             max_decode_len: int = 64, batch_size: int = 8, method: str = "greedy",
+             **decode_kwargs: Any) -> list[str]:
+    """Decoded outputs for `texts`, in order."""
+    from flan_jax.decode import decode
+
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        tokens = np.zeros((batch_size, max_input_len), np.int32)
+        for i, text in enumerate(chunk):
+            ids = list(vocabulary.encode(text))[:max_input_len - 1] + [1]  # EOS, as in training
+            tokens[i, :len(ids)] = ids
+        result = decode(model, tokens, method=method, max_decode_len=max_decode_len,
+                        **decode_kwargs)
+        rows = np.asarray(result.tokens)
+        if rows.ndim == 3:  # beam search: [b, num_return, len] -> the best
+            rows = rows[:, 0]
+        out.extend(vocabulary.decode(rows[i].tolist()) for i in range(len(chunk)))
+    return out
+
+
+def read_inputs(path: str | Path, field: str = "inputs") -> Iterator[dict[str, Any]]:
+    """`{field: text}` rows of a JSONL file; a row without the string field names its line."""
+    yield from read_jsonl(path, {field: str})
+
+
+def write_outputs(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Writes JSONL atomically (temp file + rename); returns the row count."""
+    import os
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n

@@ -1,0 +1,242 @@
+"""`flan-jax train`: the training loop, configured entirely by gin.
+
+    model_dir/
+      config.gin            the operative gin config of the run (what it was trained with)
+      model/                the final model as a flan-jax dir (`flan-jax infer` reads it)
+      checkpoints/<step>/   orbax: train state + data position (resume is exact)
+      train/                TensorBoard events + metrics.jsonl (loss, accuracy, lr, ...)
+      eval/                 TensorBoard events + metrics.jsonl + step_<N>.json per eval
+
+Everything between batches and the update runs as one jitted, sharded step; the host only
+fetches metrics every `log_every` steps, so the device is never waiting for the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from flan_jax import parallel
+from flan_jax.model.config import T5Config
+from flan_jax.model.gin_config import model_config
+from flan_jax.model.params import abstract_model, create_model, param_axes, params_of
+from flan_jax.train import data as data_lib
+from flan_jax.train import evaluate as eval_lib
+from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.metrics import MetricsWriter, ProgressBar, Throughput
+from flan_jax.train.optim import learning_rate_schedule, make_optimizer
+from flan_jax.train.step import LossConfig, TrainState, init_state, train_step
+
+log = logging.getLogger(__name__)
+NONFINITE = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    step: int
+    model_dir: Path
+    evals: dict[int, eval_lib.Results]
+    stopped_early: bool = False
+
+
+@gin.configurable(denylist=["progress"])
+def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
+          init_from: str | None = None, seed: int = 0, microbatches: int = 1,
+          dropout: bool = True, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
+          eval_every: int = 0, eval_at_start: bool = True, log_every: int = 10,
+          on_nonfinite: str = "stop", peak_flops_per_device: float | None = None,
+          progress: bool = True) -> RunResult:
+    """Trains (or resumes) a model in `model_dir` up to `total_steps`.
+
+    `init_from`: a Hugging Face or flan-jax model directory to finetune (its config replaces
+    the gin T5Config). `eval_every=0` evaluates at the start (if `eval_at_start`) and the
+    end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
+    """
+    if on_nonfinite not in NONFINITE:
+        raise ValueError(f"train.on_nonfinite={on_nonfinite!r}: choose one of {NONFINITE}")
+    model_dir = Path(model_dir)
+    # Everything gin describes is built first, so a bad binding fails before any work.
+    data_cfg, loss_cfg = data_lib.DataConfig(), LossConfig()
+    eval_cfg = eval_lib.EvalConfig()
+    mesh = parallel.make_mesh(parallel.MeshConfig())
+    rules = parallel.logical_axis_rules()
+    schedule = learning_rate_schedule()
+    optimizer = make_optimizer(schedule=schedule)
+    cfg, init_params = _model(init_from)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (model_dir / "config.gin").write_text(gin.operative_config_str() or gin.config_str())
+
+    abstract = abstract_model(cfg)
+    graphdef = _graphdef(abstract)
+    abstract_params = params_of(abstract)
+    p_shard = parallel.param_shardings(abstract_params, param_axes(abstract), rules, mesh)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
+    rep = parallel.replicated(mesh)
+    state_shard = TrainState(step=rep, params=p_shard, opt_state=o_shard)
+    batch_shard = parallel.batch_sharding(mesh, rules)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
+                          loss_cfg=loss_cfg, schedule=schedule, microbatches=microbatches,
+                          dropout_seed=seed if dropout and cfg.dropout_rate > 0 else None,
+                          skip_nonfinite=on_nonfinite == "skip"),
+        in_shardings=(state_shard, batch_shard), out_shardings=(state_shard, rep),
+        donate_argnums=0)
+
+    ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
+                        keep=keep_checkpoints)
+    start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
+                                            state_shard)
+    batches_drawn = data_lib.check_position(position, data_cfg) if position else 0
+    if start >= total_steps:
+        log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
+
+    evaluator = eval_lib.Evaluator(eval_cfg) if (eval_every or eval_at_start or
+                                                 start < total_steps) else None
+    throughput = Throughput.for_model(
+        cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
+        data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)
+    result = RunResult(step=start, model_dir=model_dir, evals={})
+    train_writer = MetricsWriter(model_dir / "train")
+    eval_writer = MetricsWriter(model_dir / "eval")
+
+    def run_eval(step: int) -> None:
+        if evaluator is None:
+            return
+        model = _merge(graphdef, state.params)
+        results = evaluator(model, step)
+        result.evals[step] = results
+        eval_writer.write_scalars(step, eval_lib.summary(results))
+        if jax.process_index() == 0:
+            eval_lib.write_json(results, model_dir / "eval" / f"step_{step}.json")
+        eval_writer.flush()
+
+    batches = data_lib.batches(data_cfg, start=batches_drawn,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    ckpt.install_sigterm_handler()
+    bar = ProgressBar(total_steps, initial_step=start, disable=not progress)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        if start == 0 and eval_at_start and start < total_steps:
+            run_eval(0)
+        step = start
+        while step < total_steps:
+            local = next(batches)
+            batches_drawn += 1
+            window_tokens += int(np.sum(local["decoder_loss_weights"] > 0)) * jax.process_count()
+            state, metrics = step_fn(state, parallel.global_batch(local, mesh, rules))
+            step += 1
+            pending.append((step, metrics))
+            stop = ckpt.should_stop(step)
+            saving = stop or step == total_steps or step % checkpoint_every == 0
+            if step % log_every == 0 or saving:  # never save a step not checked finite
+                fetched = jax.device_get(pending)
+                pending.clear()
+                _check_finite(fetched, ckpt, on_nonfinite)
+                now = time.perf_counter()
+                rates = throughput(steps=len(fetched), tokens=window_tokens,
+                                   seconds=max(now - window_start, 1e-9))
+                window_start, window_tokens = now, 0
+                last = fetched[-1][1]
+                train_writer.write_scalars(step, {**{k: float(v) for k, v in last.items()},
+                                                  **rates})
+                bar.update(step, loss=float(last["loss"]), tokens_per_s=rates["tokens_per_s"],
+                           mfu=rates.get("mfu"))
+            ckpt.maybe_save(step, state, data_lib.position(batches_drawn, data_cfg),
+                            force=stop or step == total_steps)
+            if eval_every and step % eval_every == 0 and step != total_steps:
+                run_eval(step)
+            if stop:
+                result.stopped_early = True
+                break
+        result.step = step
+        if not result.stopped_early and step == total_steps and step > start:
+            run_eval(step)
+            ckpt.wait()
+            _export(model_dir / "model", cfg, state.params)
+    finally:
+        bar.close()
+        ckpt.close()
+        train_writer.close()
+        eval_writer.close()
+    return result
+
+
+def _model(init_from: str | None) -> tuple[T5Config, Any]:
+    if init_from is None:
+        return model_config(), None
+    from flan_jax.model.io import load_pretrained
+    cfg, params = load_pretrained(init_from)
+    log.info("finetuning %s (%s, %d+%d layers); gin T5Config bindings are ignored",
+             init_from, cfg.feed_forward, cfg.num_encoder_layers, cfg.num_decoder_layers)
+    return cfg, params
+
+
+def _graphdef(abstract):
+    from flax import nnx
+    return nnx.graphdef(abstract)
+
+
+def _merge(graphdef, params):
+    from flax import nnx
+    return nnx.merge(graphdef, params)
+
+
+def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_params: Any,
+                   optimizer, state_shard: TrainState
+                   ) -> tuple[int, TrainState, dict[str, Any] | None]:
+    """(step, state, data position): restored from the latest good checkpoint, else fresh."""
+    def fresh() -> TrainState:
+        params = init_params if init_params is not None else params_of(create_model(cfg, seed))
+        return init_state(params, optimizer)
+
+    make = jax.jit(fresh, out_shardings=state_shard)
+    if ckpt.latest_step() is None:
+        return 0, make(), None
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            jax.eval_shape(fresh), state_shard)
+    step, restored, position = ckpt.restore(abstract.as_dict())
+    log.info("resumed from %s at step %d", ckpt.directory / str(step), step)
+    return step, TrainState.from_dict(restored), position
+
+
+def _check_finite(fetched: list[tuple[int, dict[str, Any]]], ckpt: Checkpointer,
+                  on_nonfinite: str) -> None:
+    for step, metrics in fetched:
+        loss = float(metrics["loss"])
+        if math.isfinite(loss):
+            continue
+        if on_nonfinite == "skip":
+            log.warning("step %d: loss %s, update skipped", step, loss)
+            continue
+        last = ckpt.latest_step()
+        where = (f"the last good checkpoint is {ckpt.directory / str(last)}" if last is not None
+                 else "no checkpoint was saved yet")
+        raise NonFiniteLossError(
+            f"step {step}: loss is {loss}; stopping ({where}). Lower the learning rate, or "
+            f"bind train.on_nonfinite='skip' to drop such updates.")
+
+
+def _export(path: Path, cfg: T5Config, params: Any) -> None:
+    from flan_jax.model.io import save_pretrained
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    if jax.process_index() == 0:
+        save_pretrained(path, cfg, host, overwrite=True)
