@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from flan_jax.decode import greedy_decode
+from flan_jax.decode import beam_search, greedy_decode
 from flan_jax.model.losses import mean_cross_entropy
 from tests.model.hf_reference import padded_batch
 
@@ -90,3 +90,26 @@ def test_kv_cache_steps_reproduce_full_forward(hf_pair):
     live = (np.arange(n)[None, :] < np.asarray(got.lengths)[:, None])[..., None]
     assert steps > 1
     assert rel_err(got.step_logits, full, live) <= 1e-5
+
+
+def test_beam_search_matches_hf_generate(hf_pair):
+    _, hf, _, cfg, model = hf_pair
+    rng = np.random.default_rng(3)
+    x, xm = padded_batch(rng, cfg.vocab_size, batch=3, max_len=30)
+    beams, n_ret, max_new, alpha = 4, 2, 8, 0.6
+    with torch.no_grad():
+        # early_stopping="never" is HF's exact stopping rule, the one beam_search implements
+        # (HF's default, False, stops on a heuristic). use_cache=False as for greedy above.
+        ref = hf.generate(input_ids=torch.tensor(x), attention_mask=torch.tensor(xm),
+                          max_new_tokens=max_new, num_beams=beams, num_return_sequences=n_ret,
+                          length_penalty=alpha, early_stopping="never", do_sample=False,
+                          use_cache=False, output_scores=True, return_dict_in_generate=True)
+    ref_seq = ref.sequences.numpy()[:, 1:].reshape(3, n_ret, -1)  # drop the start token
+    got = beam_search(model, jnp.asarray(x), beam_size=beams, max_decode_len=max_new,
+                      length_penalty=alpha, num_return=n_ret)
+    tokens, lengths = np.asarray(got.tokens), np.asarray(got.lengths)
+    for row, ret in np.ndindex(3, n_ret):  # HF fills past EOS with EOS, we with pad
+        n = lengths[row, ret]
+        np.testing.assert_array_equal(tokens[row, ret, :n], ref_seq[row, ret, :n])
+    np.testing.assert_allclose(got.scores, ref.sequences_scores.numpy().reshape(3, n_ret),
+                               atol=1e-5)
