@@ -1,0 +1,261 @@
+"""Train checkpoints: the (sharded) train state and the data position in one orbax step.
+
+Each step directory `<dir>/<step>/` holds three orbax items: `state` (any pytree of jax
+arrays, saved with `StandardSave`, restored into the shardings and dtypes of an abstract tree),
+`data_position` (a small JSON dict, e.g. `{"batches": 1234, "seed": 0}`) and `metadata` (JSON:
+the flan-jax version and whatever the caller passes, e.g. the gin config name).
+
+Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only
+once everything is on disk, so a killed save leaves a tmp directory that is never listed and
+is removed when the next `Checkpointer` opens the directory.
+
+Stopping on SIGTERM (preemption), the protocol the training loop follows::
+
+    with Checkpointer(workdir / "checkpoints", save_every=1000, keep=3) as ckpt:
+        ckpt.install_sigterm_handler()
+        for step in range(start + 1, total_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            stop = ckpt.should_stop(step)          # every step, on every process
+            ckpt.maybe_save(step, state, position(step), force=stop or step == total_steps)
+            if stop:
+                break                              # `close()` waits for the save
+    # exit normally (status 0): the scheduler restarts the job, which resumes from `step`.
+
+The handler only sets a flag; nothing is saved inside it. With several processes, SIGTERM
+belongs to JAX's preemption service (started by `jax.distributed.initialize`), and
+`should_stop(step)` asks it whether all processes have reached the same safe step, so they
+all save that step together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+import flan_jax
+from flan_jax.model.convert import CheckpointError
+
+log = logging.getLogger(__name__)
+
+STATE = "state"
+DATA_POSITION = "data_position"
+METADATA = "metadata"
+DAMAGED_SUFFIX = ".damaged"
+
+
+class Checkpointer:
+    """An orbax `CheckpointManager` for train state + data position, keeping the last `keep`.
+
+    `save_every`: `maybe_save(step, ...)` saves when `step % save_every == 0` (or `force`).
+    `async_save`: `save` returns once the arrays are copied off the device (so the train step
+    may donate or overwrite them) and the files are written by a background thread; `wait()`
+    blocks until it has finished and re-raises its error if it failed.
+    `metadata`: small JSON-able fields stored with every step (e.g. the gin config name).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, save_every: int, keep: int,
+                 async_save: bool = True, metadata: Mapping[str, Any] | None = None) -> None:
+        if save_every < 1:
+            raise ValueError(f"Checkpointer save_every={save_every}: must be >= 1")
+        if keep < 1:
+            raise ValueError(f"Checkpointer keep={keep}: must be >= 1")
+        self.directory = Path(directory).absolute()
+        self.save_every = save_every
+        self._metadata = {"flan_jax_version": flan_jax.__version__, **(metadata or {})}
+        _check_json(self._metadata, "Checkpointer metadata")
+        options = ocp.CheckpointManagerOptions(
+            # `max_to_keep` (not the newer `preservation_policy=LatestN`, which orbax 0.11.0
+            # lacks): same behaviour, every orbax version we admit.
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # half-written steps of a killed run
+            create=True,
+        )
+        # Items are typed by the args of each call (orbax's default handler registry).
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._stop = threading.Event()
+        self._stop_logged = False
+        self._previous_handler: Any = None
+
+    # -- saving --------------------------------------------------------------------------
+
+    def maybe_save(self, step: int, state: Any, data_position: Mapping[str, Any], *,
+                   force: bool = False) -> bool:
+        """Saves when `step` is a multiple of `save_every` or `force`; True if it saved.
+        A step that is already saved (e.g. a forced save right after a periodic one) is
+        skipped."""
+        if not force and step % self.save_every:
+            return False
+        if step == self._manager.latest_step():
+            return False
+        return self.save(step, state, data_position)
+
+    def save(self, step: int, state: Any, data_position: Mapping[str, Any]) -> bool:
+        """Starts saving `state` and `data_position` as `step` (async unless disabled)."""
+        _check_json(data_position, "data_position")
+        latest = self._manager.latest_step()
+        if latest is not None and step <= latest:
+            raise CheckpointError(
+                f"{self.directory}: cannot save step {step}, the directory already has step "
+                f"{latest}; a run resumed from an older step would mix two histories "
+                f"(move the newer steps away or use a fresh directory)")
+        return self._manager.save(step, force=True, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state),
+            DATA_POSITION: ocp.args.JsonSave(dict(data_position)),
+            METADATA: ocp.args.JsonSave(self._metadata)}))
+
+    def wait(self) -> None:
+        """Blocks until an async save has finished; raises if it failed."""
+        self._manager.wait_until_finished()
+        self._manager.check_for_errors()
+
+    def close(self) -> None:
+        """Waits for pending saves, releases orbax's threads, restores the SIGTERM handler."""
+        try:
+            self._manager.close()
+        finally:
+            self.uninstall_sigterm_handler()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- listing and restoring -----------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Saved steps, oldest first: finished ones, plus an async save this process has
+        started (it is dropped again if it fails). A killed save is never listed."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def step_metadata(self, step: int) -> dict[str, Any]:
+        """The `metadata` fields saved with `step` (plus `flan_jax_version`)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            METADATA: ocp.args.JsonRestore()}))
+        return dict(restored[METADATA])
+
+    def restore(self, abstract_state: Any, step: int | None = None
+                ) -> tuple[int, Any, dict[str, Any]]:
+        """(step, state, data_position) of `step`, or of the newest usable checkpoint.
+
+        `abstract_state` is the state's tree of `jax.ShapeDtypeStruct`s whose `.sharding`
+        and dtype the arrays are restored into (concrete arrays are accepted too).
+        Without `step`, a checkpoint that fails to restore (missing or truncated files) is
+        logged as a warning, renamed to `<step>.damaged-<time>` once an older one restored
+        (so the run can write that step again; nothing is deleted) and the next older one
+        is tried. If none restores, `CheckpointError` lists every step and its error.
+        """
+        abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        self._manager.wait_until_finished()
+        self._manager.reload()  # the directory may have changed since we opened it
+        if step is not None:
+            try:
+                return (step, *self._restore_step(step, abstract_state))
+            except Exception as e:  # orbax/tensorstore raise many types
+                raise CheckpointError(
+                    f"{self._step_dir(step)}: cannot restore checkpoint ({e})") from e
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointError(f"{self.directory}: no finished checkpoint to restore")
+        failures: list[tuple[int, str]] = []  # messages only: tracebacks pin orbax's reads
+        for candidate in reversed(steps):
+            try:
+                state, position = self._restore_step(candidate, abstract_state)
+            except Exception as e:  # orbax/tensorstore raise many types
+                error = f"{type(e).__name__}: {e}"
+                log.warning("checkpoint %s is damaged or unreadable, trying an older one: %s",
+                            self._step_dir(candidate), error)
+                failures.append((candidate, error))
+                continue
+            if failures:
+                self._set_aside([s for s, _ in failures])
+            return candidate, state, position
+        tried = "\n".join(f"  {self._step_dir(s)}: {error}" for s, error in failures)
+        raise CheckpointError(
+            f"{self.directory}: none of the {len(failures)} checkpoints restores "
+            f"(wrong abstract_state, or all damaged):\n{tried}")
+
+    # -- stopping on SIGTERM -------------------------------------------------------------
+
+    def install_sigterm_handler(self) -> None:
+        """On SIGTERM, set the flag `should_stop` reports (single process; see module doc).
+        Call from the main thread; `close()` puts the previous handler back."""
+        if jax.process_count() > 1:
+            log.info("SIGTERM is handled by JAX's preemption service with %d processes",
+                     jax.process_count())
+            return
+        if self._previous_handler is None:
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            # None: a handler set outside Python, which can't be put back; use the default.
+            self._previous_handler = signal.SIG_DFL if previous is None else previous
+
+    def uninstall_sigterm_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def should_stop(self, step: int) -> bool:
+        """True when the loop should save `step` and exit. Call it at every step, on every
+        process (with several processes it is a collective agreement on the stop step)."""
+        if jax.process_count() > 1:
+            stop = self._manager.reached_preemption(step)
+        else:
+            stop = self._stop.is_set()
+        if stop and not self._stop_logged:
+            log.warning("preemption (SIGTERM): saving step %d and stopping", step)
+            self._stop_logged = True
+        return stop
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop.set()  # nothing else here: no I/O, no locks, no saving
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state),
+            DATA_POSITION: ocp.args.JsonRestore()}))
+        return restored[STATE], dict(restored[DATA_POSITION])
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged steps out of orbax's view; else a later save of the same step
+        fails, and keep-K pruning counts them and deletes good older steps instead."""
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in steps:
+                src = self._step_dir(step)
+                dst = src.with_name(f"{src.name}{DAMAGED_SUFFIX}-{stamp}")
+                n = 1
+                while dst.exists():
+                    dst, n = src.with_name(f"{src.name}{DAMAGED_SUFFIX}-{stamp}-{n}"), n + 1
+                if src.exists():
+                    src.rename(dst)
+                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("flan_jax.checkpoint.set_aside")
+        self._manager.reload()
+
+
+def _check_json(value: Any, what: str) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} must be JSON-serializable: {e}") from e
