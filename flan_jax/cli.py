@@ -101,10 +101,41 @@ def _train(args: argparse.Namespace) -> int:
     result = train()
     status = "stopped early (SIGTERM), resume by rerunning" if result.stopped_early else "done"
     print(f"{status}: step {result.step}, model dir {result.model_dir}")
-    for step in sorted(result.evals):
-        print(f"\nevaluation at step {step}:")
-        print(_eval_table(result.evals[step]))
+    steps = sorted(result.evals)
+    if steps:
+        first, last = steps[0], steps[-1]
+        title = f"accuracy (%), step {first} -> step {last}" if first != last else \
+            f"accuracy (%) at step {last}"
+        print(f"\n{title}")
+        print(_eval_table(result.evals[last],
+                          result.evals[first] if first != last else None))
+    if args.generations and (result.model_dir / "model").exists():
+        _print_generations(result.model_dir, args.generations)
     return 0
+
+
+def _print_generations(model_dir: Path, n: int) -> None:
+    """A few validation prompts per kind (zero-shot, few-shot, CoT, held-out) and outputs."""
+    import itertools
+
+    from flan_jax.data import export
+    from flan_jax.train import infer
+
+    model, vocabulary = infer.load(model_dir)
+    kinds = [("zero-shot", "synth_word_problem:zs_noopt"), ("few-shot", "synth_sorting:fs_noopt"),
+             ("chain of thought", "synth_arithmetic:cot_zs"),
+             ("held-out, zero-shot", "synth_weekday:zs_opt")]
+    print("\nsample generations (validation split)")
+    for kind, task in kinds:
+        try:
+            rows = list(itertools.islice(export.rows(task, "validation", shuffle=False), n))
+        except export.ExportError:
+            continue
+        outputs = infer.generate(model, vocabulary, [r["inputs"] for r in rows],
+                                 max_decode_len=64, batch_size=max(len(rows), 1))
+        for row, out in zip(rows, outputs):
+            print(f"{_RULE}\n[{kind}] {task}\n{row['inputs']}\n  target: {row['targets']}"
+                  f"\n  model:  {out}")
 
 
 def _eval_table(results, baseline=None) -> str:
@@ -243,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
             "binding or a missing required value stops before any work, naming it. Rerunning "
             "the same command resumes from the last checkpoint, exactly."))
     _gin_help(train)
+    train.add_argument("--generations", type=int, default=0, metavar="N",
+                       help="after training, print N generations per prompt kind (zero-shot, "
+                            "few-shot, CoT, held-out) from the built-in mixture")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser(
@@ -318,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             TemplateError, VocabularyError, NonFiniteLossError) as e:
         print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         if not _is_config_error(e):
             raise
 
@@ -330,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _is_config_error(e: ValueError) -> bool:
+def _is_config_error(e: Exception) -> bool:
     """gin's missing-REQUIRED errors and our own named-setting errors are user errors."""
     text = str(e)
     return ("Required bindings" in text or "must have initial args" in text

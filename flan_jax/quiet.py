@@ -31,4 +31,9 @@ def import_tensorflow() -> None:
     if "tensorflow" in sys.modules:
         return
     with silenced_stderr():
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+    # TF only feeds data here: keep it off the accelerators JAX owns.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialized its devices
+        pass

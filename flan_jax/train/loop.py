@@ -56,14 +56,15 @@ class RunResult:
 def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
           init_from: str | None = None, seed: int = 0, microbatches: int = 1,
           dropout: bool = True, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
-          eval_every: int = 0, eval_at_start: bool = True, log_every: int = 10,
+          evaluate: bool = True, eval_every: int = 0, eval_at_start: bool = True,
+          log_every: int = 10,
           on_nonfinite: str = "stop", peak_flops_per_device: float | None = None,
           progress: bool = True) -> RunResult:
     """Trains (or resumes) a model in `model_dir` up to `total_steps`.
 
     `init_from`: a Hugging Face or flan-jax model directory to finetune (its config replaces
-    the gin T5Config). `eval_every=0` evaluates at the start (if `eval_at_start`) and the
-    end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
+    the gin T5Config). With `evaluate`, `eval_every=0` evaluates at the start (if
+    `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
     """
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"train.on_nonfinite={on_nonfinite!r}: choose one of {NONFINITE}")
@@ -107,8 +108,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     if start >= total_steps:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
 
-    evaluator = eval_lib.Evaluator(eval_cfg) if (eval_every or eval_at_start or
-                                                 start < total_steps) else None
+    evaluator = eval_lib.Evaluator(eval_cfg) if evaluate and start < total_steps else None
     throughput = Throughput.for_model(
         cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
         data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)

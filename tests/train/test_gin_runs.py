@@ -1,0 +1,53 @@
+"""Every gin/runs and gin/mesh file parses and describes what its comment says."""
+
+import gin
+import pytest
+
+import flan_jax.train.loop  # noqa: F401  (registers the configurables)
+from flan_jax import gin_utils
+from flan_jax.model.gin_config import model_config
+from flan_jax.train.data import DataConfig
+from flan_jax.train.evaluate import EvalConfig
+
+REQUIRED = ["train.model_dir = '/tmp/x'", "train.init_from = '/tmp/m'"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name, d_model, batch", [("runs/demo.gin", 128, 32),
+                                                  ("runs/train.gin", 512, 128),
+                                                  ("runs/finetune.gin", None, 64)])
+def test_run_files(name, d_model, batch):
+    gin_utils.parse([name], REQUIRED, finalize=False)
+    assert DataConfig().batch_size == batch
+    assert gin.query_parameter("train.total_steps") > 0
+    if d_model:
+        assert model_config().d_model == d_model
+
+
+def test_eval_file_reads_whole_splits():
+    gin_utils.parse(["runs/eval.gin"], [], finalize=False)
+    cfg = EvalConfig()
+    assert cfg.num_examples is None and set(cfg.groups) == {"held_in", "held_out"}
+
+
+def test_search_path_and_errors():
+    assert any(p.name == "gin" for p in gin_utils.search_paths())
+    with pytest.raises(gin_utils.GinConfigError, match="'runs/nope.gin' not found"):
+        gin_utils.parse(["runs/nope.gin"], [], finalize=False)
+    with pytest.raises(gin_utils.GinConfigError, match=r"--gin.DataConfig.batch_sise=3"):
+        gin_utils.parse([], ["DataConfig.batch_sise = 3"], finalize=False)
+
+
+def test_split_gin_args():
+    rest, files, bindings = gin_utils.split_gin_args(
+        ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.train.total_steps=5", "--x"])
+    assert (rest, files, bindings) == (["--x"], ["a.gin", "b.gin"],
+                                       ["train.total_steps = 5"])
+    with pytest.raises(gin_utils.GinConfigError, match="NAME=VALUE"):
+        gin_utils.split_gin_args(["--gin.train.total_steps"])
