@@ -328,8 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     if args.command in ("show", "export", "train", "eval", "infer"):
+        from absl import logging as absl_logging
+
         from flan_jax.quiet import import_tensorflow
         import_tensorflow()
+        # seqio's INFO/WARNING chatter (sequence-length notes, mixing rates) is not for users.
+        absl_logging.set_verbosity(absl_logging.ERROR)
     from flan_jax.data.export import ExportError
     from flan_jax.data.sources import SourceError
     from flan_jax.data.templates import TemplateError

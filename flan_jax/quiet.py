@@ -32,8 +32,10 @@ def import_tensorflow() -> None:
         return
     with silenced_stderr():
         import tensorflow as tf
-    # TF only feeds data here: keep it off the accelerators JAX owns.
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialized its devices
-        pass
+
+        # TF only feeds data here: keep it off the accelerators JAX owns. (Probing for
+        # GPUs logs a CUDA error on machines without one, hence inside the silence.)
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF already initialized its devices
+            pass
