@@ -21,3 +21,36 @@ def test_model_step_benchmark_reports_both_peers_and_mfu(tmp_path):
                 "speedup_vs_hf", "flan_jax_mfu"):
         assert result[key] > 0, key
     assert result["step_flops"] > 0 and result["inputs"] == 32
+
+
+def test_data_pipeline_benchmark_reports_packed_unpacked_and_python(tmp_path):
+    out = tmp_path / "data.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "data_pipeline.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "packed / unpacked" in proc.stdout and "packed / Python" in proc.stdout
+    result = json.loads(out.read_text())
+    for peer in ("packed", "unpacked"):
+        m = result[peer]
+        for key in ("startup_s", "examples_per_s", "inputs_tokens_per_s", "targets_tokens_per_s"):
+            assert m[key] > 0, (peer, key)
+        for key in ("inputs_efficiency", "targets_efficiency", "efficiency"):
+            assert 0 < m[key] <= 1, (peer, key, m[key])
+    assert result["packed"]["examples_per_row"] >= 1  # packing put >= 1 example in each row
+    assert result["unpacked"]["examples_per_row"] == 1
+    assert result["python_render"]["examples_per_s"] > 0
+    assert result["packed_vs_unpacked_tokens"] > 0 and result["packed_vs_python_examples"] > 0
+
+
+def test_data_pipeline_counts_one_example_per_segment():
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("data_pipeline",
+                                                  ROOT / "bench" / "data_pipeline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    segments = np.array([[1, 1, 2, 2, 2, 0], [1, 2, 3, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert bench.count_segments(segments) == 2 + 3 + 1
