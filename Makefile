@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test demo bench vocab clean
+.PHONY: install test demo bench bench-data vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: install
 
 bench: install
 	$(PY) bench/model_step.py
+
+bench-data: install
+	$(PY) bench/data_pipeline.py
 
 # Retrain the shipped SentencePiece model from the synthetic corpus (byte-for-byte the same).
 vocab: install

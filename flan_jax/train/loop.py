@@ -173,6 +173,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             ckpt.wait()
             _export(model_dir / "model", cfg, state.params)
     finally:
+        batches.close()  # release the tf.data iterator before exit (can hang otherwise)
         bar.close()
         ckpt.close()
         train_writer.close()
