@@ -144,7 +144,7 @@ def _eval_table(results, baseline=None) -> str:
     lines = []
     for group, tasks in results.items():
         lines.append(f"[{group}]")
-        width = max(len(t) for t in tasks)
+        width = max(len(t) for t in [*tasks, "mean accuracy"])
         for task in sorted(tasks):
             acc = tasks[task].get("accuracy")
             was = baseline.get(group, {}).get(task, {}).get("accuracy") if baseline else None
@@ -154,7 +154,10 @@ def _eval_table(results, baseline=None) -> str:
             lines.append(f"  {task:<{width}}  {cell}")
         mean = summary({group: tasks}).get(f"eval/{group}/accuracy")
         if mean is not None:
-            lines.append(f"  {'mean accuracy':<{width}}  {mean:6.1f}")
+            was = summary({group: baseline[group]}).get(f"eval/{group}/accuracy") \
+                if baseline and group in baseline else None
+            cell = f"{mean:6.1f}" if was is None else f"{was:6.1f} -> {mean:6.1f}"
+            lines.append(f"  {'mean accuracy':<{width}}  {cell}")
     return "\n".join(lines)
 
 

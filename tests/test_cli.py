@@ -48,3 +48,15 @@ def test_convert_hf_to_flan_jax_and_back(tmp_path):
 def test_convert_errors_are_clear(args, message):
     proc = run_cli("convert", *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_eval_table_compares_with_step_0():
+    from flan_jax.cli import _eval_table
+
+    now = {"held_in": {"synth_a:zs_opt": {"accuracy": 50.0}, "synth_b:zs_opt": {"accuracy": 10.0}}}
+    start = {"held_in": {"synth_a:zs_opt": {"accuracy": 0.0}, "synth_b:zs_opt": {"accuracy": 0.0}}}
+    table = _eval_table(now, start).splitlines()
+    assert table[0] == "[held_in]"
+    assert table[1].split() == ["synth_a:zs_opt", "0.0", "->", "50.0"]
+    assert table[-1].split() == ["mean", "accuracy", "0.0", "->", "30.0"]
+    assert _eval_table(now).splitlines()[-1].split() == ["mean", "accuracy", "30.0"]
