@@ -87,18 +87,24 @@ def flan_jax_step(args, cfg) -> float:
     return _time(lambda: jax.block_until_ready(loss_and_grad(state)), args.steps, args.warmup)
 
 
+def hf_config(cfg):
+    """The transformers T5Config of the same shapes as a flan-jax T5Config, dropout off."""
+    import transformers
+
+    return transformers.T5Config(
+        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, num_heads=cfg.num_heads,
+        d_ff=cfg.d_ff, num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+        feed_forward_proj=cfg.feed_forward, tie_word_embeddings=cfg.tie_embeddings,
+        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
 def hf_step(args, cfg) -> float:
     import torch
     import transformers
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, num_heads=cfg.num_heads,
-        d_ff=cfg.d_ff, num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-        feed_forward_proj=cfg.feed_forward, tie_word_embeddings=cfg.tie_embeddings,
-        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    model = transformers.T5ForConditionalGeneration(hf_cfg).train()
+    model = transformers.T5ForConditionalGeneration(hf_config(cfg)).train()
     if not cfg.tie_embeddings:  # same work as ours: a separate lm_head
         model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model) * 0.03)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32

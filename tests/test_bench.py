@@ -23,6 +23,27 @@ def test_model_step_benchmark_reports_both_peers_and_mfu(tmp_path):
     assert result["step_flops"] > 0 and result["inputs"] == 32
 
 
+def test_train_step_benchmark_reports_peer_mfu_and_sweeps(tmp_path):
+    out = tmp_path / "train.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_step.py"), "--model", "tiny", "--batch", "2",
+         "--inputs", "32", "--targets", "8", "--steps", "1", "--sizes", "tiny",
+         "--lengths", "32", "64", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "flan-jax / HF" in proc.stdout and "vs sequence length" in proc.stdout
+    result = json.loads(out.read_text())
+    for key in ("matmul_peak_gflops", "flan_jax_tokens_per_s", "hf_tokens_per_s",
+                "speedup_vs_hf", "flan_jax_mfu", "flan_jax_peak_bytes"):
+        assert result[key] > 0, key
+    assert [r["model"] for r in result["sizes"]] == ["tiny"]
+    assert result["sizes"][0]["params"] > 0 and result["sizes"][0]["peak_bytes"] > 0
+    lengths = result["lengths"]
+    assert [(r["inputs"], r["targets"]) for r in lengths] == [(32, 8), (64, 16)]
+    # XLA's memory analysis of a longer sequence can't need less memory.
+    assert lengths[1]["peak_bytes"] >= lengths[0]["peak_bytes"] > 0
+
+
 def test_data_pipeline_benchmark_reports_packed_unpacked_and_python(tmp_path):
     out = tmp_path / "data.json"
     proc = subprocess.run(
