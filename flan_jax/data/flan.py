@@ -174,6 +174,14 @@ class FlanRenderer:
         return {"inputs": inputs, "targets": targets, "task": self.spec.name,
                 "format": self.fmt, "template_id": tid}
 
+    def choices(self, example: Example, *, template_id: int | None = None) -> list[str]:
+        """Each option's target text under the template and style `render` picks for this
+        example (empty if it has none); rank classification scores these."""
+        key = F.example_key(example)
+        tid = self.template_id(key) if template_id is None else template_id
+        return self.templates[tid].choices(example, style=self.options_style(key),
+                                           task=self.spec.name, template_id=f"{self.fmt}/{tid}")
+
     def exemplar_pool(self) -> ExemplarPool | None:
         if self.fmt not in F.FEW_SHOT_FORMATS:
             return None
@@ -230,6 +238,16 @@ def rendered_source(spec: FlanTask, fmt: str, vocabulary: seqio.Vocabulary) -> s
     return python_source(generate, signature, spec.source.splits, num_input_examples=count)
 
 
+# seqio Task name -> (spec, format), for evaluation code that needs more than the rendered
+# text (e.g. the options of an example, for rank classification).
+_REGISTERED: dict[str, tuple[FlanTask, str]] = {}
+
+
+def registered_flan_task(task_name: str) -> tuple[FlanTask, str] | None:
+    """(spec, format) of a Task that `register_flan_task` registered, else None."""
+    return _REGISTERED.get(task_name)
+
+
 def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = None, *,
                        formats: Sequence[str] | None = None, replace: bool = False) -> list[str]:
     """Registers `{spec.name}:{format}` seqio Tasks; returns their names.
@@ -271,6 +289,7 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
             postprocess_fn=postprocess,
             metric_fns=list(spec.metric_fns) or [metrics.accuracy],
             shuffle_buffer_size=spec.shuffle_buffer_size)
+        _REGISTERED[name] = (spec, fmt)
         names.append(name)
     return names
 

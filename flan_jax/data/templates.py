@@ -68,6 +68,20 @@ class Template:
     def render(self, example: Mapping[str, Any], *, style: OptionsStyle = DEFAULT_STYLE,
                task: str = "?", template_id: int | str = "?") -> tuple[str, str]:
         """(inputs, targets) text. Missing fields raise TemplateError naming all three."""
+        return self._render(example, style, task, template_id)[:2]
+
+    def choices(self, example: Mapping[str, Any], *, style: OptionsStyle = DEFAULT_STYLE,
+                task: str = "?", template_id: int | str = "?") -> list[str]:
+        """The target text each option would have, for rank classification; empty when
+        the template has no options block or its target is not one of the options."""
+        _, _, raw_target, options = self._render(example, style, task, template_id)
+        if not (self.has_options and raw_target in options):
+            return []
+        return [style.answer_for(o, options) for o in options]
+
+    def _render(self, example: Mapping[str, Any], style: OptionsStyle, task: str,
+                template_id: int | str) -> tuple[str, str, str, Sequence[str]]:
+        """(inputs, targets, targets before the option marker swap, options)."""
         values: dict[str, Any] = {}
         for name in self.fields:
             if name not in example:
@@ -82,10 +96,10 @@ class Template:
                 style = dataclasses.replace(style, footer="")
             values[OPTIONS_SLOT] = style.render(options)
         inputs = self.inputs.format(**values)
-        targets = self.targets.format(**values)
+        raw_target = targets = self.targets.format(**values)
         if options and self.has_options:
             targets = style.answer_for(targets, options)
-        return inputs, targets
+        return inputs, targets, raw_target, options
 
 
 def plain_value(value: Any) -> Any:

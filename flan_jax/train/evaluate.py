@@ -33,6 +33,8 @@ class EvalConfig:
     task_feature_lengths: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {"inputs": 256, "targets": 64})
     module_imports: tuple[str, ...] = ("mixtures",)
+    # Also score each option of tasks in an options format (`rank_accuracy`, FLAN / T0 style).
+    rank_classification: bool = True
 
 
 class Evaluator:
@@ -61,7 +63,21 @@ class Evaluator:
             future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict)
             results[group] = {task: {k: float(_scalar(v)) for k, v in metrics.items()}
                               for task, metrics in future.result().items()}
+            if self.cfg.rank_classification:
+                for task, metrics in results[group].items():
+                    metrics.update(self._rank(model, task) or {})
         return results
+
+    def _rank(self, model, task: str) -> dict[str, float] | None:
+        import seqio
+
+        from flan_jax.train.rank_classification import rank_classification
+
+        vocabulary = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+        return rank_classification(model, vocabulary, task, split=self.cfg.split,
+                                   num_examples=self.cfg.num_examples,
+                                   batch_size=self.cfg.batch_size,
+                                   lengths=dict(self.cfg.task_feature_lengths))
 
 
 def _scalar(value: Any) -> float:
