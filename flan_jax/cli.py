@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flan_jax import distributed
 from flan_jax.model.convert import CheckpointError
 
 _RULE = "-" * 72
@@ -151,6 +152,9 @@ def _eval_table(results, baseline=None) -> str:
             cell = f"{acc:6.1f}" if acc is not None else "     -"
             if was is not None:
                 cell = f"{was:6.1f} -> {cell}"
+            rank = tasks[task].get("rank_accuracy")
+            if rank is not None:
+                cell += f"   (rank classification {rank:5.1f})"
             lines.append(f"  {task:<{width}}  {cell}")
         mean = summary({group: tasks}).get(f"eval/{group}/accuracy")
         if mean is not None:
@@ -181,15 +185,7 @@ def _infer(args: argparse.Namespace) -> int:
     if args.input_file is not None and args.output is None:
         raise ValueError("--input_file needs --output FILE.jsonl")
     model, vocabulary = infer.load(args.checkpoint, vocab=args.vocab)
-    kwargs = {}
-    if args.method == "sample":
-        import jax
-        kwargs = {"rng": jax.random.key(args.seed), "temperature": args.temperature,
-                  "top_k": args.top_k, "top_p": args.top_p}
-    elif args.method == "beam":
-        kwargs = {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
-    options = dict(max_input_len=args.max_input_len, max_decode_len=args.max_decode_len,
-                   batch_size=args.batch_size, method=args.method, **kwargs)
+    options = decode_config(args).generate_kwargs()
     if args.input is not None:
         for text, out in zip(args.input, infer.generate(model, vocabulary, args.input,
                                                         **options)):
@@ -210,6 +206,39 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", action="append", default=None, metavar="MODULE",
                    help="import this module (or every module of this package) to register "
                         "tasks; repeatable (default: the mixtures package)")
+
+
+_DECODE_HELP = {
+    "method": "greedy, sample or beam", "max_input_len": "prompt tokens kept (EOS included)",
+    "max_decode_len": "most tokens generated",
+    "batch_size": "prompts decoded together (one compilation)",
+    "temperature": "sampling temperature", "top_k": "sample from the k likeliest; 0 = all",
+    "top_p": "nucleus sampling mass; 1 = off", "seed": "sampling seed", "beam_size": "beams",
+    "length_penalty": "beam search length penalty alpha"}
+
+
+def decode_config(args: argparse.Namespace):
+    """gin's DecodeConfig with the decoding flags that were given applied on top."""
+    import dataclasses
+
+    from flan_jax.train.infer import DecodeConfig
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
+             if getattr(args, f.name) is not None}
+    return dataclasses.replace(DecodeConfig(), **flags)
+
+
+def _decode_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per DecodeConfig field; a flag given overrides the gin value of its name."""
+    import dataclasses
+
+    from flan_jax.train.infer import METHODS, DecodeConfig
+
+    for f in dataclasses.fields(DecodeConfig):
+        p.add_argument(f"--{f.name}", type=type(f.default), default=None,
+                       choices=METHODS if f.name == "method" else None,
+                       help=f"{_DECODE_HELP[f.name]} (default: gin DecodeConfig.{f.name}, "
+                            f"else {f.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
             "binding or a missing required value stops before any work, naming it. Rerunning "
             "the same command resumes from the last checkpoint, exactly."))
     _gin_help(train)
+    distributed.add_flags(train)
     train.add_argument("--generations", type=int, default=0, metavar="N",
                        help="after training, print N generations per prompt kind (zero-shot, "
                             "few-shot, CoT, held-out) from the built-in mixture")
@@ -290,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a training model_dir, a flan-jax model dir or a Hugging Face dir")
     ev.add_argument("--output", type=Path, help="also write the results as JSON here")
     _gin_help(ev)
+    distributed.add_flags(ev)
     ev.set_defaults(func=_eval)
 
     inf = sub.add_parser(
@@ -305,17 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--output", type=Path, help="JSONL to write (rows + 'output')")
     inf.add_argument("--vocab", help="SentencePiece model (default: the checkpoint's "
                                      "spiece.model, else the shipped vocabulary)")
-    inf.add_argument("--method", choices=("greedy", "sample", "beam"), default="greedy")
-    inf.add_argument("--max_input_len", type=int, default=256)
-    inf.add_argument("--max_decode_len", type=int, default=64)
-    inf.add_argument("--batch_size", type=int, default=8)
-    inf.add_argument("--temperature", type=float, default=1.0)
-    inf.add_argument("--top_k", type=int, default=0)
-    inf.add_argument("--top_p", type=float, default=1.0)
-    inf.add_argument("--seed", type=int, default=0)
-    inf.add_argument("--beam_size", type=int, default=4)
-    inf.add_argument("--length_penalty", type=float, default=0.6)
+    _decode_flags(inf)
     _gin_help(inf)
+    distributed.add_flags(inf)
     inf.set_defaults(func=_infer)
     return parser
 
@@ -341,11 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flan_jax.data.sources import SourceError
     from flan_jax.data.templates import TemplateError
     from flan_jax.data.vocab import VocabularyError
+    from flan_jax.train import infer  # noqa: F401  (registers DecodeConfig with gin)
     from flan_jax.train.loop import NonFiniteLossError
     if args.command in ("train", "eval", "infer"):
         try:  # (the imports above registered every configurable before gin locks)
             gin_utils.parse(gin_files, gin_bindings)
-        except gin_utils.GinConfigError as e:
+            # Before any backend use; after gin, so a typo fails without waiting for peers.
+            distributed.initialize(distributed.config_from(args))
+        except (gin_utils.GinConfigError, distributed.DistributedError) as e:
             print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
             return 2
     elif gin_files or gin_bindings:
@@ -356,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, SourceError,
-            TemplateError, VocabularyError, NonFiniteLossError) as e:
+            TemplateError, VocabularyError, NonFiniteLossError, distributed.StepTimeoutError) as e:
         print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:

@@ -7,14 +7,53 @@ fixed batch size and length, so the decoder compiles once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
 import numpy as np
 
 from flan_jax.data.sources import read_jsonl
+
+METHODS = ("greedy", "sample", "beam")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How `flan-jax infer` decodes (gin: runs/infer.gin); its command-line flags, when
+    given, override these values."""
+
+    method: str = "greedy"
+    max_input_len: int = 256
+    max_decode_len: int = 64
+    batch_size: int = 8
+    temperature: float = 1.0  # sample
+    top_k: int = 0  # sample; 0 = off
+    top_p: float = 1.0  # sample; 1 = off
+    seed: int = 0  # sample
+    beam_size: int = 4  # beam
+    length_penalty: float = 0.6  # beam (GNMT alpha, as t5x)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"DecodeConfig.method={self.method!r}: choose one of {METHODS}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `generate` for this method."""
+        kwargs: dict[str, Any] = dict(max_input_len=self.max_input_len,
+                                      max_decode_len=self.max_decode_len,
+                                      batch_size=self.batch_size, method=self.method)
+        if self.method == "sample":
+            import jax
+            kwargs.update(rng=jax.random.key(self.seed), temperature=self.temperature,
+                          top_k=self.top_k, top_p=self.top_p)
+        elif self.method == "beam":
+            kwargs.update(beam_size=self.beam_size, length_penalty=self.length_penalty)
+        return kwargs
 
 
 def model_path(checkpoint: str | Path) -> Path:

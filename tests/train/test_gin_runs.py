@@ -51,3 +51,25 @@ def test_split_gin_args():
                                        ["train.total_steps = 5"])
     with pytest.raises(gin_utils.GinConfigError, match="NAME=VALUE"):
         gin_utils.split_gin_args(["--gin.train.total_steps"])
+
+
+def test_infer_file_sets_beam_search_and_flags_override_it():
+    import dataclasses
+
+    from flan_jax.cli import build_parser, decode_config
+    from flan_jax.train.infer import DecodeConfig
+
+    gin_utils.parse(["runs/infer.gin"], [], finalize=False)
+    cfg = DecodeConfig()
+    assert (cfg.method, cfg.beam_size, cfg.max_decode_len) == ("beam", 4, 128)
+    kwargs = cfg.generate_kwargs()
+    assert kwargs["method"] == "beam" and kwargs["length_penalty"] == 0.6
+    assert "temperature" not in kwargs
+    args = build_parser().parse_args(["infer", "--checkpoint", "x", "--method", "sample",
+                                      "--top_p", "0.9"])
+    given = decode_config(args)
+    assert dataclasses.replace(given, method="beam", top_p=1.0) == cfg  # only the two flags
+    sampled = given.generate_kwargs()
+    assert sampled["top_p"] == 0.9 and sampled["max_decode_len"] == 128 and "rng" in sampled
+    with pytest.raises(ValueError, match="DecodeConfig.method='nucleus'"):
+        DecodeConfig(method="nucleus")
