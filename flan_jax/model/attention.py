@@ -4,31 +4,48 @@ Masks come from segment ids (0 = padding, packed examples have distinct ids) and
 (causal = key position <= query position, within a segment), so packed rows and incremental
 decoding use the same code. T5 never scales scores by 1/sqrt(head_dim): that factor lives in
 the query initialisation.
+
+Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
+(flan_jax.kernels flash attention: Triton on GPU, Mosaic on TPU), `pallas_interpret` (the same
+kernel in interpret mode, for CPU tests) and `auto` (pallas on GPU / TPU, xla on CPU).
+Incremental decoding (`T5.decode_step`, one query per step against the KV cache) always uses
+xla: a flash kernel has nothing to tile with one query.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flan_jax.kernels import flash_attention
 from flan_jax.model.config import T5Config
-from flan_jax.model.layers import RelativePositionBias, dropout, param
+from flan_jax.model.layers import (RelativePositionBias, dropout, param,
+                                   relative_position_bucket)
 
-BACKENDS = ("auto", "xla")
+BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
+KERNEL_BACKENDS = ("pallas", "pallas_interpret")
 # Large negative instead of -inf so a fully masked (padding) query row stays finite.
 _MASK_VALUE = -1e9
+# Flash-attention tiles for the kernel backends (interpret mode shrinks them to short inputs).
+BLOCK_Q = 128
+BLOCK_K = 128
+
+_log = logging.getLogger(__name__)
 
 
 def resolve_backend(backend: str) -> str:
-    """Maps 'auto' to the best backend for the running platform (XLA until kernels land)."""
+    """Maps 'auto' to the kernel on GPU / TPU and to XLA elsewhere; checks the name."""
     if backend not in BACKENDS:
         raise ValueError(
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
-    return "xla"
+    if backend == "auto":
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+    return backend
 
 
 def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
@@ -42,23 +59,52 @@ def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
     return mask[:, None]
 
 
+def relative_bias_vector(relpos: RelativePositionBias) -> jax.Array:
+    """f32 [heads, 2*max_distance+1]: the bias for each offset kv_pos - q_pos in [-M, M].
+
+    T5's buckets are constant for |offset| >= max_distance (both variants; see
+    tests/kernels), so clipping offsets to [-M, M] and indexing this vector gives exactly the
+    dense bias. Its gradient reaches the [heads, buckets] table through this gather.
+    """
+    m = relpos.max_distance
+    offsets = jnp.arange(-m, m + 1, dtype=jnp.int32)
+    buckets = relative_position_bucket(offsets, bidirectional=relpos.bidirectional,
+                                       num_buckets=relpos.num_buckets, max_distance=m)
+    return relpos.embedding[...].astype(jnp.float32)[:, buckets]
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionInputs:
     """Everything but q/k/v, prepared once per stack and shared by its layers.
 
     The `xla` backend folds mask and relative position bias into one additive f32 tensor
-    [b, heads or 1, lq, lk]; kernels (flan_jax.kernels) will read the small bias table and
-    positions instead and never materialise it.
+    `dense_bias` [b, heads or 1, lq, lk]. Kernel backends never materialise it: they carry
+    the per-offset bias vector [heads, 2*max_distance+1] (None without bias), segment ids and
+    positions [b, l] and the causal flag, and form each tile's mask and bias themselves.
     """
 
-    dense_bias: jax.Array
+    dense_bias: jax.Array | None = None
     backend: str = "xla"
+    bias_vector: jax.Array | None = None
+    max_distance: int = 0
+    causal: bool = False
+    q_segment_ids: jax.Array | None = None
+    kv_segment_ids: jax.Array | None = None
+    q_positions: jax.Array | None = None
+    kv_positions: jax.Array | None = None
 
 
 def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
                       q_positions: jax.Array, kv_positions: jax.Array, causal: bool,
                       relpos: RelativePositionBias | None, backend: str) -> AttentionInputs:
     backend = resolve_backend(backend)
+    if backend in KERNEL_BACKENDS:
+        return AttentionInputs(
+            backend=backend, causal=causal,
+            bias_vector=None if relpos is None else relative_bias_vector(relpos),
+            max_distance=0 if relpos is None else relpos.max_distance,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+            q_positions=q_positions, kv_positions=kv_positions)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal)
     bias = jnp.zeros((), jnp.float32) if relpos is None else relpos(q_positions, kv_positions)
     return AttentionInputs(dense_bias=jnp.where(mask, bias, _MASK_VALUE), backend=backend)
@@ -80,7 +126,41 @@ def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionIn
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-_BACKEND_IMPLS = {"xla": _xla_attention}
+def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs,
+                      dropout_rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    """flan_jax.kernels flash attention: no [lq, lk] bias, mask or probabilities in memory."""
+    if rngs is not None and dropout_rate > 0.0:
+        raise NotImplementedError(
+            f"attention_backend={inputs.backend!r} has no attention dropout "
+            f"(dropout_rate={dropout_rate}); use attention_backend='xla' or dropout_rate=0")
+    if inputs.backend == "pallas_interpret":
+        mode = "interpret"
+    else:
+        platform = jax.default_backend()
+        if platform not in _KERNEL_MODES:
+            raise ValueError(f"attention_backend='pallas' needs a GPU or TPU, not {platform!r}; "
+                             "use 'pallas_interpret' (slow, for tests) or 'xla' on CPU")
+        mode = _KERNEL_MODES[platform]
+        _log_once(f"attention: Pallas flash attention ({mode}) on {platform}")
+    return flash_attention(
+        q, k, v, q_segment_ids=inputs.q_segment_ids, kv_segment_ids=inputs.kv_segment_ids,
+        q_positions=inputs.q_positions, kv_positions=inputs.kv_positions,
+        bias=inputs.bias_vector, causal=inputs.causal, max_distance=inputs.max_distance,
+        block_q=BLOCK_Q, block_k=BLOCK_K, mode=mode)
+
+
+_KERNEL_MODES = {"gpu": "triton", "tpu": "mosaic_tpu"}
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        _log.info(message)
+
+
+_BACKEND_IMPLS = {"xla": _xla_attention, "pallas": _pallas_attention,
+                  "pallas_interpret": _pallas_attention}
 
 
 class Attention(nnx.Module):

@@ -92,8 +92,9 @@ class Encoder(nnx.Module):
             kv_positions=positions, causal=False, relpos=self.relpos,
             backend=self.cfg.attention_backend)
         x = dropout(x, self.cfg.dropout_rate, rngs)
+        run = remat(lambda layer, x, rngs: layer(x, inputs, rngs), self.cfg.remat)
         for layer in self.layers:
-            x = layer(x, inputs, rngs)
+            x = run(layer, x, rngs)
         return dropout(self.final_norm(x), self.cfg.dropout_rate, rngs)
 
 
@@ -106,9 +107,8 @@ class Decoder(nnx.Module):
         self.final_norm = RMSNorm(cfg, rngs=rngs)
 
     def _inputs(self, segment_ids: jax.Array, positions: jax.Array, kv_segment_ids: jax.Array,
-                kv_positions: jax.Array, encoder_segment_ids: jax.Array,
+                kv_positions: jax.Array, encoder_segment_ids: jax.Array, backend: str,
                 ) -> tuple[AttentionInputs, AttentionInputs]:
-        backend = self.cfg.attention_backend
         self_inputs = prepare_attention(
             q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=positions,
             kv_positions=kv_positions, causal=True, relpos=self.relpos, backend=backend)
@@ -122,10 +122,12 @@ class Decoder(nnx.Module):
                  positions: jax.Array, encoder_segment_ids: jax.Array,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         self_inputs, cross_inputs = self._inputs(segment_ids, positions, segment_ids, positions,
-                                                 encoder_segment_ids)
+                                                 encoder_segment_ids, self.cfg.attention_backend)
         x = dropout(x, self.cfg.dropout_rate, rngs)
+        run = remat(lambda layer, x, encoded, rngs: layer(x, encoded, self_inputs, cross_inputs,
+                                                          rngs), self.cfg.remat)
         for layer in self.layers:
-            x = layer(x, encoded, self_inputs, cross_inputs, rngs)
+            x = run(layer, x, encoded, rngs)
         return dropout(self.final_norm(x), self.cfg.dropout_rate, rngs)
 
     def step(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
@@ -133,15 +135,26 @@ class Decoder(nnx.Module):
         index = cache["index"]
         positions = jnp.full((b, 1), index, jnp.int32)
         kv_positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+        # One query per step: always the xla backend (flash kernels tile long queries).
         self_inputs, cross_inputs = self._inputs(
             jnp.ones((b, 1), jnp.int32), positions, jnp.ones((b, max_len), jnp.int32),
-            kv_positions, cache["encoder_segment_ids"])
+            kv_positions, cache["encoder_segment_ids"], "xla")
         new_layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"]):
             x, layer_cache = layer.step(x, layer_cache, index, self_inputs, cross_inputs)
             new_layers.append(layer_cache)
         x = self.final_norm(x)
         return x, {**cache, "index": index + 1, "layers": tuple(new_layers)}
+
+
+def remat(fn, policy: str):
+    """`fn(layer, ...)` rematerialized per T5Config.remat (the attention inputs, shared by
+    all layers, are closed over and computed once, outside the checkpoint)."""
+    if policy == "none":
+        return fn
+    saveable = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if policy == "dots"
+                else jax.checkpoint_policies.nothing_saveable)
+    return nnx.remat(fn, policy=saveable)
 
 
 def default_segment_ids(tokens: jax.Array, pad_id: int) -> jax.Array:

@@ -1,0 +1,314 @@
+"""Flash attention with T5's relative position bias and segment masks, in Pallas.
+
+Forward and backward (FlashAttention-2 style, `jax.custom_vjp`) never form a [lq, lk] bias:
+the bias is a per-head vector over clipped offsets `kv_pos - q_pos` in [-max_distance,
+max_distance] (T5 buckets saturate there; flan_jax.model.attention builds the vector from the
+bucket table), gathered per tile; its gradient is scatter-added per tile. Masks follow the
+`xla` reference: same non-padding segment (0 = padding), key position <= query position when
+causal, masked scores get -1e9 (so a fully masked row stays finite and averages v).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+MODES = ("interpret", "triton", "mosaic_tpu")
+MASK_VALUE = -1e9  # what the xla reference adds to masked scores
+_KEY_PAD_VALUE = -1e30  # keys added to fill the last block: never attended, even by masked rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    causal: bool
+    has_bias: bool
+    max_distance: int
+    block_q: int
+    block_k: int
+    kv_len: int  # keys beyond this index are block padding
+    mode: str
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: jax.Array,
+                    kv_segment_ids: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,
+                    bias: jax.Array | None = None, causal: bool = False,
+                    max_distance: int = 128, block_q: int = 128, block_k: int = 128,
+                    mode: str = "interpret") -> jax.Array:
+    """q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d] in q's dtype (f32 accumulation).
+
+    Segment ids / positions are int [b, lq] / [b, lk]. `bias` is f32 [h, 2*max_distance+1]:
+    bias[:, r + max_distance] is added to every unmasked score whose clipped offset
+    kv_pos - q_pos is r. Lengths that are not multiples of the blocks are padded here.
+    """
+    if mode not in MODES:
+        raise ValueError(f"flash_attention mode={mode!r}; choose one of {MODES}")
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    if k.shape != (b, lk, h, d) or v.shape != k.shape:
+        raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} disagree")
+    # Small inputs get small blocks (>= 16, a power of two: Triton's dot needs both).
+    bq = min(block_q, max(16, pl.next_power_of_2(lq)))
+    bk = min(block_k, max(16, pl.next_power_of_2(lk)))
+    lq_pad, lk_pad = pl.cdiv(lq, bq) * bq, pl.cdiv(lk, bk) * bk
+
+    def pad(x, length):  # along axis 1, with zeros (segment 0 = padding)
+        return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+    if bias is None:
+        vec = jnp.zeros((h, 16), jnp.float32)  # unused placeholder
+    else:
+        width = 2 * max_distance + 1
+        if bias.shape != (h, width):
+            raise ValueError(f"flash_attention: bias {bias.shape}, expected {(h, width)}")
+        vec = jnp.pad(bias.astype(jnp.float32),
+                      [(0, 0), (0, pl.next_power_of_2(width) - width)])
+    cfg = _Config(causal=causal, has_bias=bias is not None, max_distance=max_distance,
+                  block_q=bq, block_k=bk, kv_len=lk, mode=mode)
+    i32 = jnp.int32
+    out = _attention(cfg, pad(q, lq_pad), pad(k, lk_pad), pad(v, lk_pad), vec,
+                     pad(q_segment_ids.astype(i32), lq_pad),
+                     pad(kv_segment_ids.astype(i32), lk_pad),
+                     pad(q_positions.astype(i32), lq_pad), pad(kv_positions.astype(i32), lk_pad))
+    return out[:, :lq]
+
+
+# ---------------------------------------------------------------------------------------------
+# custom_vjp over padded inputs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
+    return _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos)[0]
+
+
+def _attention_fwd(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
+    o, m, logl = _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos)
+    return o, (q, k, v, vec, qseg, kseg, qpos, kpos, o, m, logl)
+
+
+def _attention_bwd(cfg, res, do):
+    q, k, v, vec, qseg, kseg, qpos, kpos, o, m, logl = res
+    # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, [b, h, lq] in f32.
+    delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))
+    rows = (m, logl, delta)
+    dk, dv, dvec_parts = _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, *rows)
+    dq = _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, *rows)
+    dvec = dvec_parts.sum(axis=(0, 2)) if cfg.has_bias else jnp.zeros_like(vec)
+    return dq, dk, dv, dvec, None, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared tile math
+
+
+def _dot(a, b, contract_a: int, contract_b: int) -> jax.Array:
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+
+
+def _tile_scores(cfg, q, k, vec_ref, qseg, kseg, qpos, kpos, k_start):
+    """Scores + bias + mask for one [bq, bk] tile, f32; also the mask and bias indices."""
+    s = _dot(q, k, 1, 1)  # [bq, bk]
+    mask = (qseg[:, None] == kseg[None, :]) & (kseg[None, :] != 0)
+    if cfg.causal:
+        mask = mask & (kpos[None, :] <= qpos[:, None])
+    idx = None
+    if cfg.has_bias:
+        m = cfg.max_distance
+        idx = jnp.clip(kpos[None, :] - qpos[:, None], -m, m) + m
+        bias = vec_ref[idx]  # gather from the per-offset vector
+        s = s + jnp.where(mask, bias, MASK_VALUE)
+    else:
+        s = s + jnp.where(mask, 0.0, MASK_VALUE)
+    if cfg.kv_len % cfg.block_k:  # the last key block holds padding added by the wrapper
+        key_index = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+        s = jnp.where(key_index < cfg.kv_len, s, _KEY_PAD_VALUE)
+    return s, mask, idx
+
+
+def _block_start(j, size):
+    start = j * size
+    return start if isinstance(start, int) else pl.multiple_of(start, size)
+
+
+def _call(cfg, kernel, grid, in_specs, out_specs, out_shape):
+    kwargs = {}
+    if cfg.mode == "interpret":
+        kwargs["interpret"] = True
+    elif cfg.mode == "triton":
+        from jax.experimental.pallas import triton as plt
+        kwargs["compiler_params"] = plt.CompilerParams(num_warps=cfg.num_warps,
+                                                       num_stages=cfg.num_stages)
+    # mosaic_tpu: pallas_call's default lowering on TPU.
+    return pl.pallas_call(functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
+                          out_specs=out_specs, out_shape=out_shape, **kwargs)
+
+
+def _specs(cfg, lq, lk, d, v_width, q_blocked: bool):
+    """BlockSpecs for (q, k, v, vec, qseg, kseg, qpos, kpos) on grid (b, h, blocks).
+
+    The side that is `blocked` follows the grid's last axis; the other side is whole and the
+    kernel loops over it.
+    """
+    bq, bk = (cfg.block_q, lk) if q_blocked else (lq, cfg.block_k)
+    q_map = (lambda b, h, i: (b, i, h, 0)) if q_blocked else (lambda b, h, j: (b, 0, h, 0))
+    k_map = (lambda b, h, i: (b, 0, h, 0)) if q_blocked else (lambda b, h, j: (b, j, h, 0))
+    qs_map = (lambda b, h, i: (b, i)) if q_blocked else (lambda b, h, j: (b, 0))
+    ks_map = (lambda b, h, i: (b, 0)) if q_blocked else (lambda b, h, j: (b, j))
+    q_spec = pl.BlockSpec((None, bq, None, d), q_map)
+    k_spec = pl.BlockSpec((None, bk, None, d), k_map)
+    qs_spec = pl.BlockSpec((None, bq), qs_map)
+    ks_spec = pl.BlockSpec((None, bk), ks_map)
+    vec_spec = pl.BlockSpec((None, v_width), lambda b, h, i: (h, 0))
+    return q_spec, k_spec, qs_spec, ks_spec, vec_spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward: grid (b, h, q blocks), loop over key blocks with an online softmax.
+
+
+def _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    q_spec, k_spec, qs_spec, ks_spec, vec_spec = _specs(cfg, lq, lk, d, vec.shape[1], True)
+    row_spec = pl.BlockSpec((None, None, cfg.block_q), lambda b, h, i: (b, h, i))
+    row = jax.ShapeDtypeStruct((b, h, lq), jnp.float32)
+    return _call(
+        cfg, _forward_kernel, (b, h, lq // cfg.block_q),
+        [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec],
+        [q_spec, row_spec, row_spec],
+        [jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
+    )(q, k, v, vec, qseg, kseg, qpos, kpos)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
+                    o_ref, m_ref, logl_ref, *, cfg):
+    bq, bk = cfg.block_q, cfg.block_k
+    q, qseg, qpos = q_ref[...], qseg_ref[...], qpos_ref[...]
+
+    def body(j, carry):
+        m, l, acc = carry  # running max [bq], normaliser [bq], output [bq, d], all f32
+        start = _block_start(j, bk)
+        keys = pl.ds(start, bk)
+        s, _, _ = _tile_scores(cfg, q, k_ref[keys, :], vec_ref, qseg, kseg_ref[keys],
+                               qpos, kpos_ref[keys], start)
+        m_new = jnp.maximum(m, s.max(axis=1))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new[:, None])
+        v = v_ref[keys, :]
+        acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
+        return m_new, l * alpha + p.sum(axis=1), acc
+
+    init = (jnp.full((bq,), _KEY_PAD_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
+            jnp.zeros((bq, q.shape[1]), jnp.float32))
+    m, l, acc = lax.fori_loop(0, k_ref.shape[0] // bk, body, init)
+    o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+    # The backward needs m and log(l) apart: in a fully masked row m is about -1e9, and
+    # m + log(l) would round log(l) away.
+    m_ref[...] = m
+    logl_ref[...] = jnp.log(l)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: dk, dv and the bias-vector gradient per key block; dq per query block.
+
+
+def _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta):
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    nk = lk // cfg.block_k
+    q_spec, k_spec, qs_spec, ks_spec, vec_spec = _specs(cfg, lq, lk, d, vec.shape[1], False)
+    row_spec = pl.BlockSpec((None, None, lq), lambda b, h, j: (b, h, 0))
+    dvec_spec = pl.BlockSpec((None, None, None, vec.shape[1]), lambda b, h, j: (b, h, j, 0))
+    return _call(
+        cfg, _dkdv_kernel, (b, h, nk),
+        [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec, q_spec,
+         row_spec, row_spec, row_spec],
+        [k_spec, k_spec, dvec_spec],
+        [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+         jax.ShapeDtypeStruct((b, h, nk, vec.shape[1]), jnp.float32)],
+    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta)
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
+                 m_ref, logl_ref, delta_ref, dk_ref, dv_ref, dvec_ref, *, cfg):
+    bq, bk = cfg.block_q, cfg.block_k
+    k, v, kseg, kpos = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+    k_start = pl.program_id(2) * bk
+    scatter_in_ref = cfg.has_bias and cfg.mode == "triton"
+    if scatter_in_ref:  # atomics into this program's own row of the output
+        from jax.experimental.pallas import triton as plt
+        dvec_ref[...] = jnp.zeros(dvec_ref.shape, jnp.float32)
+        plt.debug_barrier()
+
+    def body(i, carry):
+        dk, dv, dvec = carry
+        rows = pl.ds(_block_start(i, bq), bq)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        s, mask, idx = _tile_scores(cfg, q, k, vec_ref, qseg_ref[rows], kseg, qpos_ref[rows],
+                                    kpos, k_start)
+        p = jnp.exp(s - m_ref[rows][:, None] - logl_ref[rows][:, None])  # [bq, bk]
+        dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
+        dp = _dot(do, v, 1, 1)
+        ds = p * (dp - delta_ref[rows][:, None])
+        dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
+        if cfg.has_bias:
+            ds_bias = jnp.where(mask, ds, 0.0)
+            if scatter_in_ref:
+                plt.atomic_add(dvec_ref, (idx,), ds_bias)
+            else:  # a scatter-add on a value: interpret mode (and Mosaic, untested)
+                dvec = dvec.at[idx.reshape(-1)].add(ds_bias.reshape(-1))
+        return dk, dv, dvec
+
+    d = k.shape[1]
+    init = (jnp.zeros((bk, d), jnp.float32), jnp.zeros((bk, d), jnp.float32),
+            jnp.zeros(dvec_ref.shape, jnp.float32))
+    dk, dv, dvec = lax.fori_loop(0, q_ref.shape[0] // bq, body, init)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    if not scatter_in_ref:
+        dvec_ref[...] = dvec
+
+
+def _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta):
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    q_spec, k_spec, qs_spec, ks_spec, vec_spec = _specs(cfg, lq, lk, d, vec.shape[1], True)
+    row_spec = pl.BlockSpec((None, None, cfg.block_q), lambda b, h, i: (b, h, i))
+    return _call(
+        cfg, _dq_kernel, (b, h, lq // cfg.block_q),
+        [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec, q_spec,
+         row_spec, row_spec, row_spec],
+        q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype),
+    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
+               m_ref, logl_ref, delta_ref, dq_ref, *, cfg):
+    bk = cfg.block_k
+    q, do, qseg, qpos = q_ref[...], do_ref[...], qseg_ref[...], qpos_ref[...]
+    m, logl, delta = m_ref[...], logl_ref[...], delta_ref[...]
+
+    def body(j, dq):
+        start = _block_start(j, bk)
+        keys = pl.ds(start, bk)
+        k, v = k_ref[keys, :], v_ref[keys, :]
+        s, _, _ = _tile_scores(cfg, q, k, vec_ref, qseg, kseg_ref[keys], qpos, kpos_ref[keys],
+                               start)
+        p = jnp.exp(s - m[:, None] - logl[:, None])
+        ds = p * (_dot(do, v, 1, 1) - delta[:, None])
+        return dq + _dot(ds.astype(k.dtype), k, 1, 0)
+
+    dq = lax.fori_loop(0, k_ref.shape[0] // bk, body,
+                       jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = dq.astype(dq_ref.dtype)

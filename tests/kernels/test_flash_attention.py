@@ -1,0 +1,230 @@
+"""flan_jax.kernels flash attention (interpret mode) against the model's `xla` attention.
+
+Inputs are fresh random draws each run (the seed is printed on failure). Outputs and the
+gradients wrt q, k, v and the relative position bias table must match the reference, which
+builds the dense [b, h, lq, lk] bias from the bucket table directly.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flan_jax.kernels import flash_attention
+from flan_jax.model import attention, create_model, get_config
+from flan_jax.model.attention import dot_product_attention, prepare_attention, relative_bias_vector
+from flan_jax.model.layers import RelativePositionBias, relative_position_bucket
+from flan_jax.model.losses import mean_cross_entropy
+
+TOL = {"float32": 1e-5, "bfloat16": 1e-2}
+
+
+@pytest.fixture
+def rng():
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed {seed}")  # pytest shows it when the test fails
+    return np.random.default_rng(seed)
+
+
+def _rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.all(np.isfinite(got)), "non-finite values"
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _odd_length(rng, block: int) -> int:
+    """2-4 blocks and a bit (65..159 for 32), never a multiple of the block: padded inside."""
+    return int(block * rng.integers(2, 5) + rng.integers(1, block))
+
+
+def _segments(rng, b: int, length: int, n_segments: int, pad: bool):
+    """Segment ids 1..n in consecutive runs (then padding) and positions restarting per run."""
+    seg, pos = np.zeros((b, length), np.int32), np.zeros((b, length), np.int32)
+    for row in range(b):
+        used = int(length * rng.uniform(0.6, 0.9)) if pad else length
+        cuts = np.sort(rng.choice(np.arange(1, used), n_segments - 1, replace=False))
+        for i, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, used])):
+            seg[row, lo:hi] = i + 1
+            pos[row, lo:hi] = np.arange(hi - lo)
+    return jnp.asarray(seg), jnp.asarray(pos)
+
+
+# name: (self-attention?, bias: None / "bidirectional" / "causal", segments, padding,
+#        head_dim, (num_buckets, max_distance))
+CASES = {
+    "encoder_self": (True, "bidirectional", 1, True, 64, (32, 128)),
+    "decoder_self": (True, "causal", 1, True, 128, (32, 128)),
+    "cross": (False, None, 1, True, 128, None),
+    "packed_encoder_clipped": (True, "bidirectional", 3, True, 128, (32, 24)),
+    "packed_decoder_clipped": (True, "causal", 4, True, 64, (32, 24)),
+    "packed_cross": (False, None, 3, True, 64, None),
+}
+
+
+def _case_inputs(rng, name: str, dtype: str):
+    self_attn, bias, n_seg, pad, d, buckets = CASES[name]
+    b, h = 2, 2
+    block_q, block_k = (16, 32) if rng.integers(2) else (32, 16)
+    lq = _odd_length(rng, 32)
+    lk = lq if self_attn else _odd_length(rng, 32)
+    q_seg, q_pos = _segments(rng, b, lq, n_seg, pad)
+    kv_seg, kv_pos = (q_seg, q_pos) if self_attn else _segments(rng, b, lk, n_seg, pad)
+    if not self_attn:
+        kv_pos = jnp.zeros_like(kv_pos)  # what the model passes for cross-attention
+    q, k, v = (jnp.asarray(rng.normal(size=(b, n, h, d)), dtype) for n in (lq, lk, lk))
+    relpos = None
+    if bias is not None:
+        nb, md = buckets
+        cfg = get_config("tiny", num_heads=h, relative_attention_num_buckets=nb,
+                         relative_attention_max_distance=md)
+        relpos = RelativePositionBias(cfg, bidirectional=bias == "bidirectional",
+                                      rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+        relpos.embedding[...] = jnp.asarray(rng.normal(size=(h, nb)), jnp.float32)
+    masks = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=q_pos,
+                 kv_positions=kv_pos, causal=bias == "causal")
+    return (q, k, v), relpos, masks, (block_q, block_k)
+
+
+def _with_table(relpos, table):
+    if relpos is None:
+        return None
+    graphdef, state = nnx.split(relpos)
+    nnx.replace_by_pure_dict(state, {"embedding": table})
+    return nnx.merge(graphdef, state)
+
+
+def _reference(qkv, table, relpos, masks):
+    inputs = prepare_attention(**masks, relpos=_with_table(relpos, table), backend="xla")
+    return dot_product_attention(*qkv, inputs)
+
+
+def _kernel(qkv, table, relpos, masks, blocks):
+    relpos = _with_table(relpos, table)
+    vec = None if relpos is None else relative_bias_vector(relpos)
+    return flash_attention(*qkv, **masks, bias=vec,
+                           max_distance=0 if relpos is None else relpos.max_distance,
+                           block_q=blocks[0], block_k=blocks[1], mode="interpret")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_matches_xla_reference_forward_and_gradients(rng, name, dtype):
+    qkv, relpos, masks, blocks = _case_inputs(rng, name, dtype)
+    table = (jnp.zeros((1, 1), jnp.float32) if relpos is None
+             else relpos.embedding[...])
+    cotangent = jnp.asarray(rng.normal(size=qkv[0].shape), dtype)
+
+    def loss(fn):
+        def f(q, k, v, table):
+            out = fn((q, k, v), table)
+            return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32)), out
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))
+
+    (_, out), grads = loss(lambda qkv, t: _kernel(qkv, t, relpos, masks, blocks))(*qkv, table)
+    (_, want), want_grads = loss(lambda qkv, t: _reference(qkv, t, relpos, masks))(*qkv, table)
+    assert out.shape == want.shape and out.dtype == want.dtype
+    tol = TOL[dtype]
+    assert _rel_err(out, want) <= tol, ("output", _rel_err(out, want))
+    names = ("dq", "dk", "dv", "dtable")
+    for gname, got, ref in zip(names, grads, want_grads):
+        assert got.shape == ref.shape, gname
+        assert _rel_err(got, ref) <= tol, (gname, _rel_err(got, ref))
+    if relpos is not None:
+        assert float(jnp.abs(want_grads[3]).sum()) > 0  # the table gradient is really checked
+    else:
+        assert float(jnp.abs(grads[3]).sum()) == 0
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 12), (16, 40), (64, 256)])
+def test_buckets_saturate_at_max_distance(bidirectional, num_buckets, max_distance):
+    """The kernel clips offsets to [-max_distance, max_distance]: that must not change buckets."""
+    rel = jnp.arange(-8 * max_distance, 8 * max_distance + 1, dtype=jnp.int32)
+    kw = dict(bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
+    clipped = jnp.clip(rel, -max_distance, max_distance)
+    np.testing.assert_array_equal(relative_position_bucket(rel, **kw),
+                                  relative_position_bucket(clipped, **kw))
+
+
+def test_fully_masked_rows_stay_finite_and_match_the_reference(rng):
+    """A query row whose keys are all padding or another segment: finite, like the reference."""
+    qkv, relpos, masks, blocks = _case_inputs(rng, "packed_encoder_clipped", "float32")
+    kv_seg = masks["kv_segment_ids"].at[:, : qkv[0].shape[1] // 3].set(0)  # hide segment 1
+    masks = {**masks, "kv_segment_ids": kv_seg, "kv_positions": masks["q_positions"]}
+    table = relpos.embedding[...]
+
+    def f(fn):
+        return jax.jit(jax.value_and_grad(lambda q, k, v, t: fn((q, k, v), t).sum(),
+                                          argnums=(0, 1, 2, 3)))
+
+    val, grads = f(lambda qkv, t: _kernel(qkv, t, relpos, masks, blocks))(*qkv, table)
+    want, want_grads = f(lambda qkv, t: _reference(qkv, t, relpos, masks))(*qkv, table)
+    assert np.isfinite(float(val))
+    assert abs(float(val) - float(want)) <= 1e-4 * max(1.0, abs(float(want)))
+    for got, ref in zip(grads, want_grads):
+        assert _rel_err(got, ref) <= 1e-5
+
+
+def test_kernel_backends_carry_no_dense_bias():
+    cfg = get_config("tiny", num_heads=2)
+    relpos = RelativePositionBias(cfg, bidirectional=False, rngs=nnx.Rngs(0))
+    seg = jnp.ones((1, 300), jnp.int32)
+    pos = jnp.arange(300, dtype=jnp.int32)[None]
+    inputs = prepare_attention(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos,
+                               kv_positions=pos, causal=True, relpos=relpos,
+                               backend="pallas_interpret")
+    assert inputs.dense_bias is None and inputs.causal
+    assert inputs.bias_vector.shape == (2, 2 * cfg.relative_attention_max_distance + 1)
+    assert attention.resolve_backend("auto") == "xla"  # on CPU
+    with pytest.raises(ValueError, match="pallas_interpret"):
+        attention.resolve_backend("pallas_triton")
+
+
+def test_pallas_backend_on_cpu_fails_loudly():
+    q = jnp.zeros((1, 8, 2, 16))
+    seg = jnp.ones((1, 8), jnp.int32)
+    inputs = prepare_attention(q_segment_ids=seg, kv_segment_ids=seg, q_positions=seg,
+                               kv_positions=seg, causal=False, relpos=None, backend="pallas")
+    with pytest.raises(ValueError, match="attention_backend='pallas' needs a GPU or TPU"):
+        dot_product_attention(q, q, q, inputs)
+
+
+def test_tiny_t5_loss_and_gradients_match_between_pallas_interpret_and_xla(rng, monkeypatch):
+    monkeypatch.setattr(attention, "BLOCK_Q", 16)  # several tiles per row
+    monkeypatch.setattr(attention, "BLOCK_K", 16)
+    cfg = get_config("tiny", vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
+    seed = int(rng.integers(1 << 30))
+    b, le, ld = 2, 37, 21
+    enc_seg, enc_pos = _segments(rng, b, le, 3, pad=True)
+    dec_seg, dec_pos = _segments(rng, b, ld, 3, pad=True)
+    batch = dict(
+        encoder_input_tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, le))) * (enc_seg > 0),
+        decoder_input_tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, ld))),
+        encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg,
+        encoder_positions=enc_pos, decoder_positions=dec_pos)
+    targets = jnp.asarray(rng.integers(2, cfg.vocab_size, (b, ld)))
+    weights = (dec_seg > 0).astype(jnp.float32)
+
+    def loss_and_grad(backend):
+        # Same seed, same weights; the backend is part of the static config.
+        graphdef, state = nnx.split(create_model(cfg.replace(attention_backend=backend), seed))
+
+        @jax.jit
+        def f(s):
+            logits = nnx.merge(graphdef, s)(**batch)
+            return mean_cross_entropy(logits, targets, weights)
+        return jax.value_and_grad(f)(state)
+
+    loss, grads = loss_and_grad("pallas_interpret")
+    want, want_grads = loss_and_grad("xla")
+    assert np.isfinite(float(loss))
+    assert abs(float(loss) - float(want)) <= 1e-5 * abs(float(want))
+    flat, flat_want = jax.tree.leaves(grads), jax.tree.leaves(want_grads)
+    assert len(flat) == len(flat_want) > 10
+    for got, ref in zip(flat, flat_want):
+        assert _rel_err(got, ref) <= 1e-4
+    for stack in ("encoder", "decoder"):  # the bias tables get their gradient through the kernel
+        assert float(jnp.abs(grads[stack]["relpos"]["embedding"][...]).sum()) > 0
