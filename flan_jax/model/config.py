@@ -14,6 +14,7 @@ import jax.numpy as jnp
 FeedForward = Literal["relu", "gated-gelu"]
 
 VARIANTS = ("t5_1_0", "t5_1_1", "flan_t5")
+REMAT_POLICIES = ("none", "full", "dots")
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 
 
@@ -43,6 +44,9 @@ class T5Config:
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_backend: str = "xla"
+    # Rematerialization of each layer in the backward pass: "none" keeps every activation,
+    # "full" recomputes the layer, "dots" keeps matmul outputs and recomputes the rest.
+    remat: str = "none"
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
@@ -60,6 +64,8 @@ class T5Config:
                 raise ValueError(f"T5Config.{name}={getattr(self, name)} must be positive")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"T5Config.remat={self.remat!r}: choose one of {REMAT_POLICIES}")
         for name in ("param_dtype", "dtype"):
             try:
                 jnp.dtype(getattr(self, name))
