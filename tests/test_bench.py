@@ -75,3 +75,29 @@ def test_data_pipeline_counts_one_example_per_segment():
     spec.loader.exec_module(bench)
     segments = np.array([[1, 1, 2, 2, 2, 0], [1, 2, 3, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     assert bench.count_segments(segments) == 2 + 3 + 1
+
+
+def test_attention_benchmark_runs_in_interpret_mode(tmp_path):
+    """bench/attention.py's CPU smoke mode: every peer prints a row per length (no timing)."""
+    out = tmp_path / "attention.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "attention.py"), "--interpret", "--lengths", "64",
+         "100", "--heads", "2", "--steps", "1", "--warmup", "0", "--model-step", "tiny",
+         "--step-batch", "2", "--inputs", "32", "--targets", "16", "--peak-tflops", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "not performance figures" in proc.stdout
+    result = json.loads(out.read_text())
+    rows = result["attention"]
+    assert {(r["length"], r["peer"]) for r in rows} == {
+        (n, p) for n in (64, 100) for p in ("pallas", "xla", "jax.nn")}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0, r
+        assert f"| {r['length']:>6} | {r['peer']:<7} |" in proc.stdout
+    steps = {r["backend"]: r for r in result["model_step"]}
+    assert set(steps) == {"xla", "pallas_interpret"}
+    for r in steps.values():
+        assert "error" not in r, r
+        assert r["step_s"] > 0 and 0 < r["mfu"], r
