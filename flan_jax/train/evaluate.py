@@ -106,17 +106,17 @@ def make_predict_fn(model, batch_size: int, max_decode_len: int
 
 
 def summary(results: Results) -> dict[str, float]:
-    """Flat scalars for logs: `eval/{group}/{task}/{metric}` and each group's mean accuracy."""
+    """Flat scalars for logs: `eval/{group}/{task}/{metric}` and each group's mean accuracy
+    (and mean rank-classification accuracy over the tasks that have one)."""
     flat: dict[str, float] = {}
     for group, tasks in results.items():
-        accs = []
         for task, metrics in tasks.items():
             for name, value in metrics.items():
                 flat[f"eval/{group}/{task}/{name}"] = value
-            if "accuracy" in metrics:
-                accs.append(metrics["accuracy"])
-        if accs:
-            flat[f"eval/{group}/accuracy"] = float(np.mean(accs))
+        for name in ("accuracy", "rank_accuracy"):
+            values = [m[name] for m in tasks.values() if name in m]
+            if values:
+                flat[f"eval/{group}/{name}"] = float(np.mean(values))
     return flat
 
 

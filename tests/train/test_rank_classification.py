@@ -111,3 +111,16 @@ def test_tasks_without_options_get_no_rank_metric(default_tasks, model):
     assert rank_classification(model, default_vocabulary(), "synth_weekday:zs_noopt",
                                **kw) is None
     assert rank_classification(model, default_vocabulary(), "no_such_task", **kw) is None
+
+
+def test_summary_averages_accuracy_and_rank_accuracy_per_group():
+    from flan_jax.train.evaluate import summary
+
+    results = {"held_in": {"a:zs_opt": {"accuracy": 50.0, "rank_accuracy": 80.0},
+                           "a:zs_noopt": {"accuracy": 10.0}},
+               "held_out": {"b:zs_noopt": {"accuracy": 0.0}}}
+    flat = summary(results)
+    assert flat["eval/held_in/accuracy"] == 30.0
+    assert flat["eval/held_in/rank_accuracy"] == 80.0
+    assert flat["eval/held_in/a:zs_opt/rank_accuracy"] == 80.0
+    assert flat["eval/held_out/accuracy"] == 0.0 and "eval/held_out/rank_accuracy" not in flat
