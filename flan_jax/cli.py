@@ -1,4 +1,5 @@
-"""The `flan-jax` command line: one subcommand per job (convert, show, export; train next)."""
+"""The `flan-jax` command line: one subcommand per job (convert, show, export, train, eval,
+infer, plan)."""
 
 from __future__ import annotations
 
@@ -198,6 +199,40 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    import gin
+
+    from flan_jax import parallel
+    from flan_jax import plan as plan_lib
+    from flan_jax.model.gin_config import model_config
+    from flan_jax.train.data import DataConfig
+    from flan_jax.train.optim import learning_rate_schedule, make_optimizer
+
+    data = DataConfig()
+    try:
+        optimizer_name = gin.query_parameter("make_optimizer.name")
+    except ValueError:
+        optimizer_name = "adafactor"
+    try:
+        microbatches = gin.query_parameter("train.microbatches")
+    except ValueError:
+        microbatches = 1
+    cfg = model_config()
+    result = plan_lib.plan(
+        cfg, parallel.MeshConfig(), parallel.logical_axis_rules(),
+        make_optimizer(schedule=learning_rate_schedule()), optimizer_name,
+        devices=args.devices, num_slices=args.slices, batch_size=data.batch_size,
+        input_len=data.task_feature_lengths["inputs"],
+        target_len=data.task_feature_lengths["targets"], microbatches=microbatches)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(plan_lib.format_plan(result, cfg, args.device_memory))
+    return 0
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="MIXTURE_OR_TASK",
                    help="a registered seqio mixture or task, e.g. flan_jax_default or "
@@ -340,6 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     _gin_help(inf)
     distributed.add_flags(inf)
     inf.set_defaults(func=_infer)
+
+    pl = sub.add_parser(
+        "plan", help="estimate per-device memory for a model, mesh and batch (no allocation)",
+        description=(
+            "Print per-device bytes of params, optimizer state (Adafactor factored or AdamW), "
+            "gradients and a rough activation estimate for the gin-configured model "
+            "(models/*.gin), mesh (mesh/*.gin) and batch (DataConfig), sharded by the "
+            "logical-axis rules on a mesh of --devices devices. Nothing is allocated, so it "
+            "runs on a laptop for flan-t5-xxl on a v4-64."))
+    pl.add_argument("--devices", type=int, required=True, metavar="N",
+                    help="devices in the whole run (e.g. 32 for a v4-64: 32 chips)")
+    pl.add_argument("--slices", type=int, default=1, metavar="S",
+                    help="TPU slices or hosts the dcn_* mesh axes span (default: 1)")
+    pl.add_argument("--device_memory", type=float, metavar="GIB",
+                    help="memory per device, to say whether the plan fits (e.g. 32 for v4)")
+    pl.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes)")
+    _gin_help(pl)
+    pl.set_defaults(func=_plan)
     return parser
 
 
@@ -366,11 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flan_jax.data.vocab import VocabularyError
     from flan_jax.train import infer  # noqa: F401  (registers DecodeConfig with gin)
     from flan_jax.train.loop import NonFiniteLossError
-    if args.command in ("train", "eval", "infer"):
+    if args.command in ("train", "eval", "infer", "plan"):
         try:  # (the imports above registered every configurable before gin locks)
             gin_utils.parse(gin_files, gin_bindings)
             # Before any backend use; after gin, so a typo fails without waiting for peers.
-            distributed.initialize(distributed.config_from(args))
+            if args.command != "plan":
+                distributed.initialize(distributed.config_from(args))
         except (gin_utils.GinConfigError, distributed.DistributedError) as e:
             print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
             return 2
@@ -382,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, SourceError,
-            TemplateError, VocabularyError, NonFiniteLossError, distributed.StepTimeoutError) as e:
+            TemplateError, VocabularyError, NonFiniteLossError,
+            distributed.StepTimeoutError) as e:
         print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:

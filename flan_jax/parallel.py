@@ -30,6 +30,7 @@ LogicalRules = Sequence[tuple[str, MeshAxes]]
 AnyMesh = Mesh | jax.sharding.AbstractMesh
 
 MESH_AXES = ("data", "fsdp", "model")
+DCN_AXES = ("dcn_data", "dcn_fsdp", "dcn_model")
 
 # First matching rule whose mesh axes are still free in the spec and divide the dimension wins;
 # a name with no usable rule is replicated. `model` is the innermost (fastest-linked) mesh axis.
@@ -57,36 +58,60 @@ class MeshConfig:
 
     `data` splits the batch, `fsdp` splits the batch and shards params / optimizer state
     (ZeRO-3), `model` splits heads, mlp and vocab (tensor parallelism).
+
+    Across slices (TPU multislice) or hosts (GPUs), `dcn_data` / `dcn_fsdp` / `dcn_model`
+    say how many slices each axis spans over the slower data-center network (DCN); the plain
+    sizes are then per slice, so an axis is `data * dcn_data` devices long. One dcn size may
+    be -1 ("all the slices the others leave"). A slice is a TPU slice where devices have a
+    `slice_index`, else one process (host).
     """
 
     data: int = -1
     fsdp: int = 1
     model: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_model: int = 1
 
     def __post_init__(self) -> None:
-        for name in MESH_AXES:
-            size = getattr(self, name)
-            if not isinstance(size, int) or (size < 1 and size != -1):
-                raise ValueError(f"MeshConfig.{name}={size!r}: expected a positive int or -1")
-        rest = [name for name in MESH_AXES if getattr(self, name) == -1]
-        if len(rest) > 1:
-            raise ValueError(f"{self._describe()}: only one axis may be -1, got {rest}")
+        for group in (MESH_AXES, DCN_AXES):
+            for name in group:
+                size = getattr(self, name)
+                if not isinstance(size, int) or (size < 1 and size != -1):
+                    raise ValueError(f"MeshConfig.{name}={size!r}: expected a positive int "
+                                     "or -1")
+            rest = [name for name in group if getattr(self, name) == -1]
+            if len(rest) > 1:
+                raise ValueError(f"{self._describe()}: only one axis may be -1, got {rest}")
 
-    def shape(self, num_devices: int) -> tuple[int, int, int]:
-        """(data, fsdp, model) sizes for `num_devices`, with the -1 axis filled in."""
-        sizes = [getattr(self, name) for name in MESH_AXES]
-        fixed = math.prod(s for s in sizes if s != -1)
-        if -1 in sizes:
-            if num_devices % fixed:
-                raise ValueError(f"{self._describe()}: the fixed axes ({fixed} devices) do not "
-                                 f"divide the {num_devices} devices")
-            sizes[sizes.index(-1)] = num_devices // fixed
-        elif fixed != num_devices:
-            raise ValueError(f"{self._describe()} needs {fixed} devices, have {num_devices}")
-        return tuple(sizes)
+    @property
+    def multislice(self) -> bool:
+        return any(getattr(self, name) != 1 for name in DCN_AXES)
+
+    def dcn_shape(self, num_slices: int) -> tuple[int, int, int]:
+        """(dcn_data, dcn_fsdp, dcn_model) for `num_slices` slices, the -1 filled in."""
+        return _fill([getattr(self, n) for n in DCN_AXES], num_slices,
+                     f"{self._describe()}", "slices")
+
+    def ici_shape(self, devices_per_slice: int) -> tuple[int, int, int]:
+        """(data, fsdp, model) inside one slice, the -1 filled in."""
+        return _fill([getattr(self, n) for n in MESH_AXES], devices_per_slice,
+                     f"{self._describe()}", "devices")
+
+    def shape(self, num_devices: int, num_slices: int = 1) -> tuple[int, int, int]:
+        """(data, fsdp, model) sizes of the whole mesh for `num_devices` in `num_slices`."""
+        if num_devices % num_slices:
+            raise ValueError(f"{num_devices} devices do not split into {num_slices} slices")
+        dcn = self.dcn_shape(num_slices)
+        ici = self.ici_shape(num_devices // num_slices)
+        return tuple(i * d for i, d in zip(ici, dcn))
 
     def _describe(self) -> str:
-        return "mesh " + " x ".join(f"{name}={getattr(self, name)}" for name in MESH_AXES)
+        text = "mesh " + " x ".join(f"{name}={getattr(self, name)}" for name in MESH_AXES)
+        if self.multislice:
+            text += " per slice, " + " x ".join(
+                f"{name}={getattr(self, name)}" for name in DCN_AXES)
+        return text
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -95,9 +120,21 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     `Explicit`, which makes every op's sharding part of its type instead of letting XLA
     propagate from the jit's in/out shardings."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = cfg.shape(len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if not cfg.multislice:
+        return jax.make_mesh(cfg.shape(len(devices)), MESH_AXES, axis_types=axis_types,
+                             devices=devices)
+    from jax.experimental import mesh_utils
+
+    # Slices are TPU slices where the runtime says so, else processes (GPU hosts, CPU tests).
+    per_process = not hasattr(devices[0], "slice_index")
+    granule = (lambda d: d.process_index) if per_process else (lambda d: d.slice_index)
+    num_slices = len({granule(d) for d in devices})
+    dcn = cfg.dcn_shape(num_slices)
+    ici = cfg.ici_shape(len(devices) // num_slices)
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                process_is_granule=per_process)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 @gin.configurable
@@ -262,6 +299,18 @@ def _resolve(axes: tuple[str | None, ...], rules: LogicalRules, mesh: AnyMesh,
         used.update(chosen or ())
         spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
     return PartitionSpec(*spec), fallbacks
+
+
+def _fill(sizes: list[int], total: int, what: str, unit: str) -> tuple[int, ...]:
+    fixed = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if total % fixed:
+            raise ValueError(f"{what}: the fixed axes ({fixed} {unit}) do not divide the "
+                             f"{total} {unit}")
+        sizes[sizes.index(-1)] = total // fixed
+    elif fixed != total:
+        raise ValueError(f"{what} needs {fixed} {unit}, have {total}")
+    return tuple(sizes)
 
 
 def _log_once(message: str, detail: Mapping[str, list[str]]) -> None:

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from flan_jax import parallel
+from flan_jax.distributed import StepWatchdog
 from flan_jax.model.config import T5Config
 from flan_jax.model.gin_config import model_config
 from flan_jax.model.params import abstract_model, create_model, param_axes, params_of
@@ -59,15 +60,21 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
           evaluate: bool = True, eval_every: int = 0, eval_at_start: bool = True,
           log_every: int = 10,
           on_nonfinite: str = "stop", peak_flops_per_device: float | None = None,
-          progress: bool = True) -> RunResult:
+          step_timeout: float | None = None, progress: bool = True) -> RunResult:
     """Trains (or resumes) a model in `model_dir` up to `total_steps`.
 
     `init_from`: a Hugging Face or flan-jax model directory to finetune (its config replaces
     the gin T5Config). With `evaluate`, `eval_every=0` evaluates at the start (if
     `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
+    `step_timeout`: seconds without a finished step (after the first) before the process exits
+    with a StepTimeoutError, so a multi-host run whose peer died stops instead of hanging.
     """
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"train.on_nonfinite={on_nonfinite!r}: choose one of {NONFINITE}")
+    if "://" in str(model_dir):
+        raise ValueError(
+            f"train.model_dir={model_dir!r}: URLs (gs://, s3://) are not supported yet; mount "
+            "the bucket on every host (e.g. gcsfuse, see docs/tpu_pods.md) and give its path")
     model_dir = Path(model_dir)
     # Everything gin describes is built first, so a bad binding fails before any work.
     data_cfg, loss_cfg = data_lib.DataConfig(), LossConfig()
@@ -104,7 +111,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                         keep=keep_checkpoints)
     start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
                                             state_shard)
-    batches_drawn = data_lib.check_position(position, data_cfg) if position else 0
+    batches_drawn = (data_lib.check_position(position, data_cfg, jax.process_count())
+                     if position else 0)
     if start >= total_steps:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
 
@@ -119,6 +127,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     def run_eval(step: int) -> None:
         if evaluator is None:
             return
+        watchdog.pause()
         model = _merge(graphdef, state.params)
         results = evaluator(model, step)
         result.evals[step] = results
@@ -132,6 +141,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                                process_count=jax.process_count())
     ckpt.install_sigterm_handler()
     bar = ProgressBar(total_steps, initial_step=start, disable=not progress)
+    watchdog = StepWatchdog(step_timeout)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     window_start, window_tokens = time.perf_counter(), 0
     try:
@@ -160,19 +170,23 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                                                   **rates})
                 bar.update(step, loss=float(last["loss"]), tokens_per_s=rates["tokens_per_s"],
                            mfu=rates.get("mfu"))
-            ckpt.maybe_save(step, state, data_lib.position(batches_drawn, data_cfg),
+            ckpt.maybe_save(step, state,
+                            data_lib.position(batches_drawn, data_cfg, jax.process_count()),
                             force=stop or step == total_steps)
             if eval_every and step % eval_every == 0 and step != total_steps:
                 run_eval(step)
             if stop:
                 result.stopped_early = True
                 break
+            watchdog.beat(step)
         result.step = step
+        watchdog.pause()
         if not result.stopped_early and step == total_steps and step > start:
             run_eval(step)
             ckpt.wait()
             _export(model_dir / "model", cfg, state.params)
     finally:
+        watchdog.close()
         batches.close()  # release the tf.data iterator before exit (can hang otherwise)
         bar.close()
         ckpt.close()
@@ -237,7 +251,30 @@ def _check_finite(fetched: list[tuple[int, dict[str, Any]]], ckpt: Checkpointer,
 
 
 def _export(path: Path, cfg: T5Config, params: Any) -> None:
+    """The final model as a flan-jax dir, written by process 0 (every process must call)."""
     from flan_jax.model.io import save_pretrained
-    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    if jax.process_count() == 1:
+        save_pretrained(path, cfg, jax.device_get(params), overwrite=True)
+        return
+    from jax.experimental import multihost_utils
+    host = multihost_utils.process_allgather(params, tiled=True)  # params may span hosts
     if jax.process_index() == 0:
-        save_pretrained(path, cfg, host, overwrite=True)
+        _save_model_dir_alone(path, cfg, host)
+    multihost_utils.sync_global_devices("flan_jax.train.export")
+
+
+def _save_model_dir_alone(path: Path, cfg: T5Config, host_params: Any) -> None:
+    """`save_pretrained` from process 0 of several: orbax's default checkpointer waits at
+    barriers for every process, so this one is told that process 0 is the only one saving."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from flan_jax.model.convert import atomic_directory
+    from flan_jax.model.io import FORMAT
+    alone = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
+    with atomic_directory(path, overwrite=True) as tmp:
+        (tmp / "config.json").write_text(
+            json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
+        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
+            ckptr.save((tmp / "params").absolute(), host_params)

@@ -1,0 +1,167 @@
+"""`flan-jax plan`: per-device memory of a training run, estimated without allocating.
+
+Params, optimizer state and gradients are exact byte counts of the shapes `jax.eval_shape`
+gives, each leaf divided as the logical-axis rules shard it on an `AbstractMesh` of the
+requested size; activations are a rough count of what the backward pass keeps per layer
+(so a mesh can be chosen for, e.g., flan-t5-xxl on a v4-64 before renting one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+
+from flan_jax import parallel
+from flan_jax.model.config import T5Config
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device (the most loaded one) for each part of the train state."""
+
+    mesh: dict[str, int]
+    num_slices: int
+    param_count: int
+    param_bytes_total: int
+    params: int
+    optimizer: int
+    gradients: int
+    activations: int
+    optimizer_name: str
+    batch_per_device: float
+    replicated_params: list[str]
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer + self.gradients + self.activations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+
+def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRules,
+         optimizer, optimizer_name: str, *, devices: int, num_slices: int = 1,
+         batch_size: int, input_len: int, target_len: int, microbatches: int = 1) -> MemoryPlan:
+    """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`."""
+    from flan_jax.model.params import abstract_model, param_axes, params_of
+
+    shape = mesh_cfg.shape(devices, num_slices)
+    mesh = AbstractMesh(shape, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
+    model = abstract_model(cfg)
+    abstract_params = params_of(model)
+    p_shard = parallel.param_shardings(abstract_params, param_axes(model), rules, mesh)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
+
+    params = _sharded_bytes(abstract_params, p_shard, mesh)
+    replicated = [path for path, leaf, sh in _flat(abstract_params, p_shard)
+                  if leaf.size >= 1 << 16 and not any(sh.spec)]
+    batch_axes = parallel.batch_sharding(mesh, rules).spec[0]
+    batch_ways = _ways(batch_axes, mesh)
+    per_device = batch_size / batch_ways / microbatches
+    return MemoryPlan(
+        mesh=dict(zip(parallel.MESH_AXES, shape)), num_slices=num_slices,
+        param_count=sum(int(x.size) for x in jax.tree.leaves(abstract_params)),
+        param_bytes_total=sum(int(x.size) * x.dtype.itemsize
+                              for x in jax.tree.leaves(abstract_params)),
+        params=params, optimizer=_sharded_bytes(abstract_opt, o_shard, mesh),
+        gradients=params, optimizer_name=optimizer_name,
+        activations=activation_bytes(cfg, per_device, input_len, target_len,
+                                     model_ways=dict(zip(parallel.MESH_AXES, shape))["model"]),
+        batch_per_device=per_device, replicated_params=replicated)
+
+
+def activation_bytes(cfg: T5Config, batch: float, input_len: int, target_len: int,
+                     model_ways: int = 1) -> int:
+    """Rough bytes the backward pass keeps for `batch` rows on one device.
+
+    Per layer and token: about 10 d_model-wide tensors (norms, q/k/v/o, residuals), the
+    feed-forward's 2 (3 gated) d_ff-wide ones and the attention probabilities; the decoder
+    adds cross-attention. `remat="full"` keeps only each layer's input plus one layer's
+    working set, "dots" keeps the matmul outputs (about half). Logits and their gradient
+    are f32. heads / d_ff / vocab divide over the `model` axis.
+    """
+    act = np.dtype(cfg.dtype).itemsize
+    ff = cfg.d_ff * (3 if cfg.gated else 2) / model_ways
+    heads = cfg.num_heads / model_ways
+    inner = cfg.inner_dim / model_ways
+
+    def layer(tokens, q_len, kv_lens):
+        wide = tokens * (6 * cfg.d_model + 4 * inner + ff)
+        attn = sum(batch * heads * q_len * kv * 2 for kv in kv_lens)  # scores + probs
+        return (wide + attn) * act
+
+    enc_tokens, dec_tokens = batch * input_len, batch * target_len
+    enc = layer(enc_tokens, input_len, [input_len])
+    dec = layer(dec_tokens, target_len, [target_len, input_len]) + dec_tokens * 4 * inner * act
+    logits = dec_tokens * cfg.vocab_size / model_ways * 4 * 2
+    if cfg.remat == "full":
+        kept = (cfg.num_encoder_layers * enc_tokens + cfg.num_decoder_layers * dec_tokens) \
+            * cfg.d_model * act
+        per_layer = kept + max(enc, dec)
+    else:
+        share = 0.5 if cfg.remat == "dots" else 1.0
+        per_layer = share * (cfg.num_encoder_layers * enc + cfg.num_decoder_layers * dec)
+    return int(per_layer + logits)
+
+
+def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = None) -> str:
+    mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
+    devices = math.prod(p.mesh.values())
+    slices = f" in {p.num_slices} slices" if p.num_slices > 1 else ""
+    rows = [("params", p.params, f"{cfg.param_dtype}"),
+            ("optimizer state", p.optimizer, p.optimizer_name),
+            ("gradients", p.gradients, "as params"),
+            ("activations (rough)", p.activations,
+             f"{p.batch_per_device:g} rows/device, remat={cfg.remat}, {cfg.dtype}"),
+            ("total", p.total, "")]
+    lines = [f"model: {p.param_count / 1e6:,.1f}M params ({_gib(p.param_bytes_total)} in "
+             f"{cfg.param_dtype}), {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
+             f"d_model={cfg.d_model}, d_ff={cfg.d_ff}, heads={cfg.num_heads}",
+             f"mesh:  {mesh} ({devices} devices{slices})",
+             "per device (the most loaded):"]
+    for name, value, note in rows:
+        lines.append(f"  {name:<20} {_gib(value):>12}  {note}")
+    if device_memory_gib:
+        fits = p.total <= device_memory_gib * GiB * 0.9
+        lines.append(f"  {'device memory':<20} {device_memory_gib:>8.1f} GiB  "
+                     + ("fits (with 10% headroom)" if fits else
+                        "does NOT fit: raise fsdp / model, enable T5Config.remat, or lower "
+                        "the batch (train.microbatches)"))
+    if p.replicated_params:
+        lines.append(f"note: {len(p.replicated_params)} large param(s) are replicated (the "
+                     f"mesh does not divide them): {', '.join(p.replicated_params[:3])}")
+    return "\n".join(lines)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:,.3f} GiB" if n < 100 * GiB else f"{n / GiB:,.1f} GiB"
+
+
+def _ways(axes: parallel.MeshAxes, mesh: AbstractMesh) -> int:
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(dict(mesh.shape)[a] for a in names)
+
+
+def _shard_elems(shape: tuple[int, ...], spec: PartitionSpec, mesh: AbstractMesh) -> int:
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    return math.prod(math.ceil(d / _ways(a, mesh)) for d, a in zip(shape, spec))
+
+
+def _flat(tree: Any, shardings: Any):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    sh = jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))
+    for (path, leaf), s in zip(leaves, sh):
+        yield parallel._path_str(path), leaf, s  # noqa: SLF001 - same package
+
+
+def _sharded_bytes(tree: Any, shardings: Any, mesh: AbstractMesh) -> int:
+    return sum(_shard_elems(tuple(leaf.shape), s.spec, mesh) * leaf.dtype.itemsize
+               for _, leaf, s in _flat(tree, shardings))
