@@ -5,7 +5,14 @@ the bias is a per-head vector over clipped offsets `kv_pos - q_pos` in [-max_dis
 max_distance] (T5 buckets saturate there; flan_jax.model.attention builds the vector from the
 bucket table), gathered per tile; its gradient is scatter-added per tile. Masks follow the
 `xla` reference: same non-padding segment (0 = padding), key position <= query position when
-causal, masked scores get -1e9 (so a fully masked row stays finite and averages v).
+causal, masked scores get -1e9. Tiles masked everywhere (other segments of a packed row,
+the future when causal, padding) are skipped; that is exact for every query row that has a key
+to attend to. A row with none (padding) stays finite but, unlike the reference's average of v
+over all keys, averages only the visited tiles' keys (or is 0): its loss weight is 0 anyway.
+
+Modes: "interpret" (CPU, tests), "triton" (GPU; the bias gather and the atomic scatter-add of
+its gradient lower to Triton pointer ops). "mosaic_tpu" is reserved: the kernel's layout and
+in-kernel gather/scatter do not lower with Mosaic TPU yet, so it raises.
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
     """
     if mode not in MODES:
         raise ValueError(f"flash_attention mode={mode!r}; choose one of {MODES}")
+    if mode == "mosaic_tpu":
+        raise NotImplementedError(
+            "flash_attention mode='mosaic_tpu': the T5 kernel has no TPU (Mosaic) lowering yet "
+            "(layout [b, l, h, d] and the in-kernel bias gather); use attention_backend='xla' "
+            "on TPU")
     b, lq, h, d = q.shape
     lk = k.shape[1]
     if k.shape != (b, lk, h, d) or v.shape != k.shape:
@@ -116,12 +128,25 @@ def _dot(a, b, contract_a: int, contract_b: int) -> jax.Array:
                            preferred_element_type=jnp.float32)
 
 
-def _tile_scores(cfg, q, k, vec_ref, qseg, kseg, qpos, kpos, k_start):
-    """Scores + bias + mask for one [bq, bk] tile, f32; also the mask and bias indices."""
-    s = _dot(q, k, 1, 1)  # [bq, bk]
+def _tile_mask(cfg, qseg, kseg, qpos, kpos):
+    """bool [bq, bk]: same non-padding segment, and key not in the future if causal."""
     mask = (qseg[:, None] == kseg[None, :]) & (kseg[None, :] != 0)
     if cfg.causal:
         mask = mask & (kpos[None, :] <= qpos[:, None])
+    return mask
+
+
+def _if_any(mask, visit, carry):
+    """visit(carry) unless the whole tile is masked: skips the other segments' blocks of
+    packed rows, future blocks when causal, and padding. Exact for every row with an
+    unmasked key anywhere; a row masked everywhere sees only the visited tiles (see module
+    docstring)."""
+    return lax.cond(jnp.max(mask.astype(jnp.int32)) > 0, visit, lambda c: c, carry)
+
+
+def _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, k_start):
+    """Scores + bias + mask for one [bq, bk] tile, f32; also the bias indices."""
+    s = _dot(q, k, 1, 1)  # [bq, bk]
     idx = None
     if cfg.has_bias:
         m = cfg.max_distance
@@ -133,7 +158,7 @@ def _tile_scores(cfg, q, k, vec_ref, qseg, kseg, qpos, kpos, k_start):
     if cfg.kv_len % cfg.block_k:  # the last key block holds padding added by the wrapper
         key_index = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
         s = jnp.where(key_index < cfg.kv_len, s, _KEY_PAD_VALUE)
-    return s, mask, idx
+    return s, idx
 
 
 def _block_start(j, size):
@@ -149,7 +174,6 @@ def _call(cfg, kernel, grid, in_specs, out_specs, out_shape):
         from jax.experimental.pallas import triton as plt
         kwargs["compiler_params"] = plt.CompilerParams(num_warps=cfg.num_warps,
                                                        num_stages=cfg.num_stages)
-    # mosaic_tpu: pallas_call's default lowering on TPU.
     return pl.pallas_call(functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
                           out_specs=out_specs, out_shape=out_shape, **kwargs)
 
@@ -197,21 +221,27 @@ def _forward_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, 
     q, qseg, qpos = q_ref[...], qseg_ref[...], qpos_ref[...]
 
     def body(j, carry):
-        m, l, acc = carry  # running max [bq], normaliser [bq], output [bq, d], all f32
         start = _block_start(j, bk)
         keys = pl.ds(start, bk)
-        s, _, _ = _tile_scores(cfg, q, k_ref[keys, :], vec_ref, qseg, kseg_ref[keys],
-                               qpos, kpos_ref[keys], start)
-        m_new = jnp.maximum(m, s.max(axis=1))
-        alpha = jnp.exp(m - m_new)
-        p = jnp.exp(s - m_new[:, None])
-        v = v_ref[keys, :]
-        acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
-        return m_new, l * alpha + p.sum(axis=1), acc
+        kpos = kpos_ref[keys]
+        mask = _tile_mask(cfg, qseg, kseg_ref[keys], qpos, kpos)
+
+        def visit(carry):
+            m, l, acc = carry  # running max [bq], normaliser [bq], output [bq, d], all f32
+            s, _ = _tile_scores(cfg, q, k_ref[keys, :], vec_ref, mask, qpos, kpos, start)
+            m_new = jnp.maximum(m, s.max(axis=1))
+            alpha = jnp.exp(m - m_new)
+            p = jnp.exp(s - m_new[:, None])
+            v = v_ref[keys, :]
+            acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
+            return m_new, l * alpha + p.sum(axis=1), acc
+
+        return _if_any(mask, visit, carry)
 
     init = (jnp.full((bq,), _KEY_PAD_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
             jnp.zeros((bq, q.shape[1]), jnp.float32))
     m, l, acc = lax.fori_loop(0, k_ref.shape[0] // bk, body, init)
+    l = jnp.where(l > 0, l, 1.0)  # a query block that visited no tile: output 0
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
     # The backward needs m and log(l) apart: in a fully masked row m is about -1e9, and
     # m + log(l) would round log(l) away.
@@ -252,23 +282,28 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpo
         plt.debug_barrier()
 
     def body(i, carry):
-        dk, dv, dvec = carry
         rows = pl.ds(_block_start(i, bq), bq)
-        q, do = q_ref[rows, :], do_ref[rows, :]
-        s, mask, idx = _tile_scores(cfg, q, k, vec_ref, qseg_ref[rows], kseg, qpos_ref[rows],
-                                    kpos, k_start)
-        p = jnp.exp(s - m_ref[rows][:, None] - logl_ref[rows][:, None])  # [bq, bk]
-        dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
-        dp = _dot(do, v, 1, 1)
-        ds = p * (dp - delta_ref[rows][:, None])
-        dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
-        if cfg.has_bias:
-            ds_bias = jnp.where(mask, ds, 0.0)
-            if scatter_in_ref:
-                plt.atomic_add(dvec_ref, (idx,), ds_bias)
-            else:  # a scatter-add on a value: interpret mode (and Mosaic, untested)
-                dvec = dvec.at[idx.reshape(-1)].add(ds_bias.reshape(-1))
-        return dk, dv, dvec
+        qpos = qpos_ref[rows]
+        mask = _tile_mask(cfg, qseg_ref[rows], kseg, qpos, kpos)
+
+        def visit(carry):
+            dk, dv, dvec = carry
+            q, do = q_ref[rows, :], do_ref[rows, :]
+            s, idx = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, k_start)
+            p = jnp.exp(s - m_ref[rows][:, None] - logl_ref[rows][:, None])  # [bq, bk]
+            dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
+            dp = _dot(do, v, 1, 1)
+            ds = p * (dp - delta_ref[rows][:, None])
+            dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
+            if cfg.has_bias:
+                ds_bias = jnp.where(mask, ds, 0.0)
+                if scatter_in_ref:
+                    plt.atomic_add(dvec_ref, (idx,), ds_bias)
+                else:  # a scatter-add on a value (interpret mode)
+                    dvec = dvec.at[idx.reshape(-1)].add(ds_bias.reshape(-1))
+            return dk, dv, dvec
+
+        return _if_any(mask, visit, carry)
 
     d = k.shape[1]
     init = (jnp.zeros((bk, d), jnp.float32), jnp.zeros((bk, d), jnp.float32),
@@ -302,12 +337,17 @@ def _dq_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_
     def body(j, dq):
         start = _block_start(j, bk)
         keys = pl.ds(start, bk)
-        k, v = k_ref[keys, :], v_ref[keys, :]
-        s, _, _ = _tile_scores(cfg, q, k, vec_ref, qseg, kseg_ref[keys], qpos, kpos_ref[keys],
-                               start)
-        p = jnp.exp(s - m[:, None] - logl[:, None])
-        ds = p * (_dot(do, v, 1, 1) - delta[:, None])
-        return dq + _dot(ds.astype(k.dtype), k, 1, 0)
+        kpos = kpos_ref[keys]
+        mask = _tile_mask(cfg, qseg, kseg_ref[keys], qpos, kpos)
+
+        def visit(dq):
+            k, v = k_ref[keys, :], v_ref[keys, :]
+            s, _ = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, start)
+            p = jnp.exp(s - m[:, None] - logl[:, None])
+            ds = p * (_dot(do, v, 1, 1) - delta[:, None])
+            return dq + _dot(ds.astype(k.dtype), k, 1, 0)
+
+        return _if_any(mask, visit, dq)
 
     dq = lax.fori_loop(0, k_ref.shape[0] // bk, body,
                        jnp.zeros(q.shape, jnp.float32))

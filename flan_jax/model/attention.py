@@ -6,8 +6,9 @@ decoding use the same code. T5 never scales scores by 1/sqrt(head_dim): that fac
 the query initialisation.
 
 Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
-(flan_jax.kernels flash attention: Triton on GPU, Mosaic on TPU), `pallas_interpret` (the same
-kernel in interpret mode, for CPU tests) and `auto` (pallas on GPU / TPU, xla on CPU).
+(flan_jax.kernels flash attention via Pallas' Triton lowering on GPU; TPU has no lowering yet
+and says so), `pallas_interpret` (the same kernel in interpret mode, for CPU tests) and `auto`
+(pallas on GPU, xla on CPU and TPU).
 Incremental decoding (`T5.decode_step`, one query per step against the KV cache) always uses
 xla: a flash kernel has nothing to tile with one query.
 """
@@ -38,13 +39,18 @@ _log = logging.getLogger(__name__)
 
 
 def resolve_backend(backend: str) -> str:
-    """Maps 'auto' to the kernel on GPU / TPU and to XLA elsewhere; checks the name."""
+    """Maps 'auto' to the kernel on GPU and to XLA elsewhere; checks the name."""
     if backend not in BACKENDS:
         raise ValueError(
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
     if backend == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+        if jax.default_backend() == "gpu":
+            return "pallas"
+        if jax.default_backend() == "tpu":
+            _log_once("attention_backend='auto' on TPU: xla (the Pallas kernel has no Mosaic "
+                      "lowering yet)", logging.WARNING)
+        return "xla"
     return backend
 
 
@@ -138,8 +144,8 @@ def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: Attentio
     else:
         platform = jax.default_backend()
         if platform not in _KERNEL_MODES:
-            raise ValueError(f"attention_backend='pallas' needs a GPU or TPU, not {platform!r}; "
-                             "use 'pallas_interpret' (slow, for tests) or 'xla' on CPU")
+            raise ValueError(f"attention_backend='pallas' needs a GPU, not {platform!r}; use "
+                             "'pallas_interpret' (slow, for tests) or 'xla' on CPU")
         mode = _KERNEL_MODES[platform]
         _log_once(f"attention: Pallas flash attention ({mode}) on {platform}")
     return flash_attention(
@@ -153,10 +159,10 @@ _KERNEL_MODES = {"gpu": "triton", "tpu": "mosaic_tpu"}
 _logged: set[str] = set()
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged:
         _logged.add(message)
-        _log.info(message)
+        _log.log(level, message)
 
 
 _BACKEND_IMPLS = {"xla": _xla_attention, "pallas": _pallas_attention,
