@@ -47,7 +47,7 @@ def test_committed_notebook_is_cleared_and_starts_with_the_colab_cell(path):
 @pytest.fixture()
 def kernel_env(tmp_path, monkeypatch):
     """A kernelspec for this interpreter (so the notebook runs in the test's environment,
-    whatever other kernels exist), small settings and a fresh output directory."""
+    whatever other kernels exist), small settings, and fresh output and temp directories."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps({
@@ -63,6 +63,8 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     monkeypatch.delenv("FLAN_T5_DIR", raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the notebooks' temp dirs (runs, data)
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     return out, workdir
