@@ -68,14 +68,20 @@ def _finish(procs, log_dir, names, timeout=RUN_TIMEOUT):
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{err[-4000:]}"
 
 
+# The pair runs the multislice mesh (a "slice" = a process here): data=2 across the
+# processes, fsdp=2 inside each; the single process builds the same 2 x 2 mesh directly.
+PAIR_MESH = ["--gin_file=mesh/multislice.gin"]
+SAME_MESH = ["--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2"]
+
+
 def test_two_processes_match_one_process_and_resume_together(tmp_path):
     logs, two, one = tmp_path / "logs", tmp_path / "two", tmp_path / "one"
     # The 4-device single process reference runs alongside the first half of the pair.
-    ref = _start(_train(one, 4, 4), _env(4), logs, "ref")
-    first = _start_pair(two, 2, 2, logs, "a")
+    ref = _start(_train(one, 4, 4, SAME_MESH), _env(4), logs, "ref")
+    first = _start_pair(two, 2, 2, logs, "a", PAIR_MESH)
     _finish(first, logs, ["a0", "a1"])
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2"]
-    second = _start_pair(two, 4, 2, logs, "b")  # both processes restore step 2 together
+    second = _start_pair(two, 4, 2, logs, "b", PAIR_MESH)  # both restore step 2 together
     _finish([*second, ref], logs, ["b0", "b1", "ref"])
 
     for name in ("a0", "b0"):
@@ -85,6 +91,7 @@ def test_two_processes_match_one_process_and_resume_together(tmp_path):
     # Process 0 alone writes metrics: one record per step, steps 3-4 from the resumed run.
     records = (two / "train" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 4
+    assert "MeshConfig.dcn_data = -1" in (two / "config.gin").read_text()
     want, got = _losses(one), _losses(two)
     assert sorted(got) == sorted(want) == [1, 2, 3, 4]
     for step in want:
@@ -127,3 +134,52 @@ def test_a_killed_peer_stops_the_survivor_with_a_clear_error(tmp_path):
     assert ("StepTimeoutError" in err or "another task died" in err
             or "detected fatal errors" in err), err[-3000:]
     assert os.path.exists(d / "config.gin")
+
+
+# --- flags, environment and the watchdog (no second process needed) ------------------------
+
+
+def test_flags_win_over_environment_and_partial_settings_fail_by_name():
+    from flan_jax import cli, distributed
+
+    env = {"FLAN_JAX_COORDINATOR": "h0:1234", "FLAN_JAX_NUM_PROCESSES": "4",
+           "FLAN_JAX_PROCESS_ID": "3", "FLAN_JAX_HEARTBEAT_TIMEOUT": "15"}
+    args = cli.build_parser().parse_args(["train", "--process_id", "2"])
+    cfg = distributed.config_from(args, env)
+    assert (cfg.coordinator_address, cfg.num_processes, cfg.process_id) == ("h0:1234", 4, 2)
+    assert cfg.heartbeat_timeout == 15 and cfg.init_timeout == 300
+    nothing = distributed.config_from(cli.build_parser().parse_args(["train"]), {})
+    assert not nothing.explicit and not distributed.initialize(nothing, environ={})
+    try:
+        distributed.config_from(cli.build_parser().parse_args(
+            ["train", "--coordinator_address", "h0:1"]), {})
+    except distributed.DistributedError as e:
+        assert "--num_processes" in str(e) and "FLAN_JAX_NUM_PROCESSES" in str(e)
+    else:
+        raise AssertionError("a coordinator without a process count was accepted")
+    for bad, name in (({"FLAN_JAX_PROCESS_ID": "x"}, "FLAN_JAX_PROCESS_ID"),
+                      ({"FLAN_JAX_COORDINATOR": "h0", "FLAN_JAX_NUM_PROCESSES": "2",
+                        "FLAN_JAX_PROCESS_ID": "0"}, "HOST:PORT"),
+                      ({"FLAN_JAX_COORDINATOR": "h0:1", "FLAN_JAX_NUM_PROCESSES": "2",
+                        "FLAN_JAX_PROCESS_ID": "2"}, "--process_id=2")):
+        try:
+            distributed.config_from(None, bad)
+        except distributed.DistributedError as e:
+            assert name in str(e)
+        else:
+            raise AssertionError(bad)
+    slurm = {k: "1" for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+                              "SLURM_PROCID", "SLURM_LOCALID")}
+    assert distributed.detected_cluster(slurm) == "SLURM"
+    assert distributed.detected_cluster({"OMPI_MCA_orte_hnp_uri": "x"}) == "Open MPI"
+
+
+def test_step_watchdog_exits_with_a_named_error():
+    code = ("import time; from flan_jax.distributed import StepWatchdog\n"
+            "w = StepWatchdog(1.0); w.beat(7); time.sleep(60)")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert time.monotonic() - start < 50
+    assert "StepTimeoutError: no progress for 1s after step 7" in proc.stderr

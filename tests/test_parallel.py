@@ -46,6 +46,7 @@ GIN_MESHES = {
     "fsdp": par.MeshConfig(data=1, fsdp=-1, model=1),
     "tensor_parallel": par.MeshConfig(data=1, fsdp=1, model=-1),
     "2d": par.MeshConfig(data=-1, fsdp=1, model=2),
+    "multislice": par.MeshConfig(data=1, fsdp=-1, model=1, dcn_data=-1),
 }
 
 
@@ -222,6 +223,25 @@ def test_mesh_config_errors_name_the_axes_and_the_device_count():
         par.make_mesh(par.MeshConfig(data=2))
     assert par.MeshConfig(data=2, model=-1).shape(8) == (2, 1, 4)
     assert par.MeshConfig(data=2, fsdp=2, model=2).shape(8) == (2, 2, 2)
+
+
+def test_dcn_axes_multiply_the_per_slice_axes():
+    multi = par.MeshConfig(data=1, fsdp=-1, dcn_data=-1)
+    assert multi.multislice and not par.MeshConfig().multislice
+    assert multi.shape(256, num_slices=4) == (4, 64, 1)  # 4 slices x 64 chips
+    assert par.MeshConfig(data=1, fsdp=-1, model=4, dcn_data=2, dcn_fsdp=2).shape(
+        64, num_slices=4) == (2, 8, 4)
+    with pytest.raises(ValueError, match=r"dcn_data=3 .* needs 3 slices, have 4"):
+        par.MeshConfig(dcn_data=3).shape(8, num_slices=4)
+    with pytest.raises(ValueError, match=r"only one axis may be -1, got \['dcn_data', "
+                                         r"'dcn_model'\]"):
+        par.MeshConfig(dcn_data=-1, dcn_model=-1)
+    with pytest.raises(ValueError, match="8 devices do not split into 3 slices"):
+        multi.shape(8, num_slices=3)
+    # One process, no slice_index on CPU devices: one slice, so dcn_data=-1 is just 1.
+    mesh = par.make_mesh(multi)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": jax.device_count(), "model": 1}
+    assert all(t == AxisType.Auto for t in mesh.axis_types)
 
 
 def test_make_mesh_has_auto_axes_in_data_fsdp_model_order():
