@@ -146,9 +146,18 @@ def detected_cluster(environ: Mapping[str, str] | None = None) -> str | None:
         return "SLURM"
     if _OPEN_MPI in environ:
         return "Open MPI"
-    if any(k in environ for k in _TPU_ENV) or any(os.path.exists(p) for p in _TPU_DEVICES):
+    if any(k in environ for k in _TPU_ENV):
+        return "Cloud TPU"
+    if any(os.path.exists(p) for p in _TPU_DEVICES) and _has_libtpu():
         return "Cloud TPU"
     return None
+
+
+def _has_libtpu() -> bool:
+    """TPU VMs have jax[tpu]'s libtpu; /dev/vfio alone is also found on other hosts."""
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None
 
 
 def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None) -> bool:
