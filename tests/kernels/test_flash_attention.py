@@ -223,6 +223,29 @@ def test_pallas_backend_on_cpu_fails_loudly():
                         kv_positions=seg, mode="mosaic_tpu")
 
 
+def test_forward_backward_memory_grows_linearly_with_length():
+    """No [lq, lk] bias, mask, probabilities or bias gradient: compiled temporaries of
+    forward+backward (incl. the bias-vector gradient) double when the length doubles."""
+    def temp_mib(length):
+        h, m = 2, 128
+        q = jnp.zeros((1, length, h, 64), jnp.float32)
+        seg = jnp.ones((1, length), jnp.int32)
+        pos = jnp.arange(length, dtype=jnp.int32)[None]
+
+        def loss(q, k, v, vec):
+            return flash_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg,
+                                   q_positions=pos, kv_positions=pos, bias=vec, causal=True,
+                                   max_distance=m).sum()
+
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+        stats = grads.lower(q, q, q, jnp.zeros((h, 2 * m + 1))).compile().memory_analysis()
+        return stats.temp_size_in_bytes / 2**20
+
+    small, large = temp_mib(1024), temp_mib(2048)
+    assert large / small < 2.5, (small, large)  # quadratic would be ~4
+    assert large < 2 * 2048 * 2048 * 4 / 2**20  # less than one [h, L, L] f32 tensor
+
+
 @pytest.mark.parametrize("dtype,head_dim,with_bias,causal", [
     ("bfloat16", 64, True, True), ("float32", 128, False, False)])
 def test_triton_lowering_builds_for_cuda(dtype, head_dim, with_bias, causal):
