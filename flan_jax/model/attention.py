@@ -38,14 +38,23 @@ BLOCK_K = 128
 _log = logging.getLogger(__name__)
 
 
-def resolve_backend(backend: str) -> str:
-    """Maps 'auto' to the kernel on GPU and to XLA elsewhere; checks the name."""
+def resolve_backend(backend: str, *, attention_dropout: bool = False) -> str:
+    """Maps 'auto' to the kernel on GPU and to XLA elsewhere; checks the name.
+
+    `attention_dropout`: dropout on the attention probabilities is on (training with
+    dropout_rate > 0), which only xla implements, so 'auto' picks xla then (and says so once).
+    """
     if backend not in BACKENDS:
         raise ValueError(
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
     if backend == "auto":
         if jax.default_backend() == "gpu":
+            if attention_dropout:
+                _log_once("attention_backend='auto' with dropout: xla (the Pallas kernel has "
+                          "no attention dropout; set T5Config.dropout_rate=0 to use it)",
+                          logging.WARNING)
+                return "xla"
             return "pallas"
         if jax.default_backend() == "tpu":
             _log_once("attention_backend='auto' on TPU: xla (the Pallas kernel has no Mosaic "

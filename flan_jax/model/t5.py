@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flan_jax.model.attention import Attention, AttentionInputs, prepare_attention
+from flan_jax.model.attention import (Attention, AttentionInputs, prepare_attention,
+                                      resolve_backend)
 from flan_jax.model.config import T5Config
 from flan_jax.model.layers import MLP, Embed, RelativePositionBias, RMSNorm, dropout, param
 
@@ -90,7 +91,7 @@ class Encoder(nnx.Module):
         inputs = prepare_attention(
             q_segment_ids=segment_ids, kv_segment_ids=segment_ids, q_positions=positions,
             kv_positions=positions, causal=False, relpos=self.relpos,
-            backend=self.cfg.attention_backend)
+            backend=stack_backend(self.cfg, rngs))
         x = dropout(x, self.cfg.dropout_rate, rngs)
         run = remat(lambda layer, x, rngs: layer(x, inputs, rngs), self.cfg.remat)
         for layer in self.layers:
@@ -122,7 +123,7 @@ class Decoder(nnx.Module):
                  positions: jax.Array, encoder_segment_ids: jax.Array,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         self_inputs, cross_inputs = self._inputs(segment_ids, positions, segment_ids, positions,
-                                                 encoder_segment_ids, self.cfg.attention_backend)
+                                                 encoder_segment_ids, stack_backend(self.cfg, rngs))
         x = dropout(x, self.cfg.dropout_rate, rngs)
         run = remat(lambda layer, x, encoded, rngs: layer(x, encoded, self_inputs, cross_inputs,
                                                           rngs), self.cfg.remat)
@@ -145,6 +146,13 @@ class Decoder(nnx.Module):
             new_layers.append(layer_cache)
         x = self.final_norm(x)
         return x, {**cache, "index": index + 1, "layers": tuple(new_layers)}
+
+
+def stack_backend(cfg: T5Config, rngs: nnx.Rngs | None) -> str:
+    """The attention backend of one forward pass: 'auto' avoids kernels without dropout
+    when this pass applies attention dropout."""
+    return resolve_backend(cfg.attention_backend,
+                           attention_dropout=rngs is not None and cfg.dropout_rate > 0)
 
 
 def remat(fn, policy: str):

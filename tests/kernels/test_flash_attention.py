@@ -306,3 +306,18 @@ def test_tiny_t5_loss_and_gradients_match_between_pallas_interpret_and_xla(rng, 
         assert _rel_err(got, ref) <= 1e-4
     for stack in ("encoder", "decoder"):  # the bias tables get their gradient through the kernel
         assert float(jnp.abs(grads[stack]["relpos"]["embedding"][...]).sum()) > 0
+
+
+def test_auto_picks_the_kernel_on_gpu_unless_attention_dropout_is_on(monkeypatch):
+    """runs/train.gin trains with dropout 0.1: 'auto' must not pick a kernel that raises
+    on attention dropout."""
+    from flan_jax.model.t5 import stack_backend
+
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    assert attention.resolve_backend("auto") == "pallas"
+    assert attention.resolve_backend("auto", attention_dropout=True) == "xla"
+    assert attention.resolve_backend("pallas", attention_dropout=True) == "pallas"  # as asked
+    cfg = get_config("tiny", attention_backend="auto", dropout_rate=0.1)
+    assert stack_backend(cfg, nnx.Rngs(dropout=0)) == "xla"  # training with dropout
+    assert stack_backend(cfg, None) == "pallas"  # evaluation / decoding: no dropout
+    assert stack_backend(cfg.replace(dropout_rate=0.0), nnx.Rngs(dropout=0)) == "pallas"
