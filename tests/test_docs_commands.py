@@ -60,3 +60,18 @@ def test_command_parses(doc, command, clean_gin, capsys):
         assert "per device" in out and "total" in out
         if args.device_memory:
             assert "fits" in out or "does NOT fit" in out
+
+
+def test_a_gs_model_dir_stops_at_once_pointing_to_the_docs(tmp_path):
+    """docs/tpu_pods.md promises this: gs:// is refused, not turned into a local `gs:` dir."""
+    import subprocess
+    import sys
+
+    from tests.train.test_loop import ENV
+    proc = subprocess.run(
+        [sys.executable, "-m", "flan_jax", "train", "--gin_file=runs/demo.gin",
+         "--gin.train.model_dir='gs://my-bucket/run'", "--gin.train.total_steps=1"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.model_dir='gs://my-bucket/run'" in proc.stderr and "gcsfuse" in proc.stderr
+    assert not (tmp_path / "gs:").exists()
