@@ -11,8 +11,10 @@ to attend to. A row with none (padding) stays finite but, unlike the reference's
 over all keys, averages only the visited tiles' keys (or is 0): its loss weight is 0 anyway.
 
 Modes: "interpret" (CPU, tests), "triton" (GPU; the bias gather and the atomic scatter-add of
-its gradient lower to Triton pointer ops). "mosaic_tpu" is reserved: the kernel's layout and
-in-kernel gather/scatter do not lower with Mosaic TPU yet, so it raises.
+its gradient lower to Triton pointer ops), "mosaic_tpu" (TPU: a separate kernel with a Mosaic
+layout that builds each tile's bias with a strided roll instead of a gather, see
+flan_jax.kernels.flash_attention_tpu; square blocks min(block_q, block_k)) and
+"mosaic_tpu_interpret" (that kernel in Pallas' TPU interpret mode on CPU, tests).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-MODES = ("interpret", "triton", "mosaic_tpu")
+MODES = ("interpret", "triton", "mosaic_tpu", "mosaic_tpu_interpret")
 MASK_VALUE = -1e9  # what the xla reference adds to masked scores
 _KEY_PAD_VALUE = -1e30  # keys added to fill the last block: never attended, even by masked rows
 
@@ -53,18 +55,23 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
     Segment ids / positions are int [b, lq] / [b, lk]. `bias` is f32 [h, 2*max_distance+1]:
     bias[:, r + max_distance] is added to every unmasked score whose clipped offset
     kv_pos - q_pos is r. Lengths that are not multiples of the blocks are padded here.
+    The mosaic_tpu modes take the offset as key index - query index, which is the same
+    wherever the bias applies (same segment) when positions count up by one within a segment
+    (packed and unpacked T5 batches); masks use the positions in every mode.
     """
     if mode not in MODES:
         raise ValueError(f"flash_attention mode={mode!r}; choose one of {MODES}")
-    if mode == "mosaic_tpu":
-        raise NotImplementedError(
-            "flash_attention mode='mosaic_tpu': the T5 kernel has no TPU (Mosaic) lowering yet "
-            "(layout [b, l, h, d] and the in-kernel bias gather); use attention_backend='xla' "
-            "on TPU")
     b, lq, h, d = q.shape
     lk = k.shape[1]
     if k.shape != (b, lk, h, d) or v.shape != k.shape:
         raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} disagree")
+    if mode.startswith("mosaic_tpu"):
+        from flan_jax.kernels.flash_attention_tpu import flash_attention_tpu
+        return flash_attention_tpu(
+            q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+            q_positions=q_positions, kv_positions=kv_positions, bias=bias, causal=causal,
+            max_distance=max_distance, block=min(block_q, block_k),
+            interpret=mode == "mosaic_tpu_interpret")
     # Small inputs get small blocks (>= 16, a power of two: Triton's dot needs both).
     bq = min(block_q, max(16, pl.next_power_of_2(lq)))
     bk = min(block_k, max(16, pl.next_power_of_2(lk)))

@@ -6,9 +6,11 @@ decoding use the same code. T5 never scales scores by 1/sqrt(head_dim): that fac
 the query initialisation.
 
 Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
-(flan_jax.kernels flash attention via Pallas' Triton lowering on GPU; TPU has no lowering yet
-and says so), `pallas_interpret` (the same kernel in interpret mode, for CPU tests) and `auto`
-(pallas on GPU, xla on CPU and TPU).
+(flan_jax.kernels flash attention: Pallas' Triton lowering on GPU, its Mosaic variant on TPU,
+which builds tile biases with strided rolls; the TPU kernel is checked in interpret mode and by
+lowering to Mosaic from CPU, not yet compiled or timed on a TPU), `pallas_interpret` (the GPU
+kernel in interpret mode, for CPU tests), `pallas_tpu_interpret` (the TPU kernel in Pallas' TPU
+interpret mode, for CPU tests) and `auto` (pallas on GPU and TPU, xla on CPU).
 Incremental decoding (`T5.decode_step`, one query per step against the KV cache) always uses
 xla: a flash kernel has nothing to tile with one query.
 """
@@ -27,8 +29,8 @@ from flan_jax.model.config import T5Config
 from flan_jax.model.layers import (RelativePositionBias, dropout, param,
                                    relative_position_bucket)
 
-BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
-KERNEL_BACKENDS = ("pallas", "pallas_interpret")
+BACKENDS = ("auto", "xla", "pallas", "pallas_interpret", "pallas_tpu_interpret")
+KERNEL_BACKENDS = ("pallas", "pallas_interpret", "pallas_tpu_interpret")
 # Large negative instead of -inf so a fully masked (padding) query row stays finite.
 _MASK_VALUE = -1e9
 # Flash-attention tiles for the kernel backends (interpret mode shrinks them to short inputs).
@@ -39,7 +41,7 @@ _log = logging.getLogger(__name__)
 
 
 def resolve_backend(backend: str, *, attention_dropout: bool = False) -> str:
-    """Maps 'auto' to the kernel on GPU and to XLA elsewhere; checks the name.
+    """Maps 'auto' to the kernel on GPU and TPU and to XLA elsewhere; checks the name.
 
     `attention_dropout`: dropout on the attention probabilities is on (training with
     dropout_rate > 0), which only xla implements, so 'auto' picks xla then (and says so once).
@@ -49,16 +51,17 @@ def resolve_backend(backend: str, *, attention_dropout: bool = False) -> str:
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
     if backend == "auto":
-        if jax.default_backend() == "gpu":
+        if jax.default_backend() in _KERNEL_MODES:
             if attention_dropout:
                 _log_once("attention_backend='auto' with dropout: xla (the Pallas kernel has "
                           "no attention dropout; set T5Config.dropout_rate=0 to use it)",
                           logging.WARNING)
                 return "xla"
+            if jax.default_backend() == "tpu":
+                _log_once("attention_backend='auto' on TPU: the Pallas (Mosaic) kernel, not yet "
+                          "validated on TPU hardware; set attention_backend='xla' if it fails "
+                          "to compile", logging.WARNING)
             return "pallas"
-        if jax.default_backend() == "tpu":
-            _log_once("attention_backend='auto' on TPU: xla (the Pallas kernel has no Mosaic "
-                      "lowering yet)", logging.WARNING)
         return "xla"
     return backend
 
@@ -150,11 +153,14 @@ def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: Attentio
             f"(dropout_rate={dropout_rate}); use attention_backend='xla' or dropout_rate=0")
     if inputs.backend == "pallas_interpret":
         mode = "interpret"
+    elif inputs.backend == "pallas_tpu_interpret":
+        mode = "mosaic_tpu_interpret"
     else:
         platform = jax.default_backend()
         if platform not in _KERNEL_MODES:
-            raise ValueError(f"attention_backend='pallas' needs a GPU, not {platform!r}; use "
-                             "'pallas_interpret' (slow, for tests) or 'xla' on CPU")
+            raise ValueError(f"attention_backend='pallas' needs a GPU or a TPU, not {platform!r}; "
+                             "use 'pallas_interpret' / 'pallas_tpu_interpret' (slow, for tests) "
+                             "or 'xla' on CPU")
         mode = _KERNEL_MODES[platform]
         _log_once(f"attention: Pallas flash attention ({mode}) on {platform}")
     return flash_attention(
@@ -175,7 +181,8 @@ def _log_once(message: str, level: int = logging.INFO) -> None:
 
 
 _BACKEND_IMPLS = {"xla": _xla_attention, "pallas": _pallas_attention,
-                  "pallas_interpret": _pallas_attention}
+                  "pallas_interpret": _pallas_attention,
+                  "pallas_tpu_interpret": _pallas_attention}
 
 
 class Attention(nnx.Module):

@@ -1,0 +1,343 @@
+"""The T5 flash-attention kernel for TPU (Pallas' Mosaic lowering).
+
+Same contract as `flash_attention.flash_attention` (which dispatches here for
+mode="mosaic_tpu" / "mosaic_tpu_interpret"), with a layout Mosaic can lower:
+
+- q, k, v are moved to [b, h, l, d] (one transpose each way), so a block is [block, head_dim];
+  segment ids / positions travel as [b, l, 1] (query side) and [b, 1, l] (key side), row
+  statistics as [b, h, l, 1]; no 1-D vectors inside the kernels.
+- Square tiles (block_q == block_k == B; a multiple of 128 on TPU). The bias of tile (i, j)
+  depends on key - query index differences (j - i) * B + c - r, a Toeplitz matrix: it is built
+  from a window of 2B entries with one strided `pltpu.roll` (row r rolled by one more than row
+  r - 1), no gather. The windows of all nq + nk - 1 block diagonals are gathered outside the
+  kernel into a table [h, nq + nk - 1, 2B] (O(h * L) memory, differentiable in plain JAX back
+  to the [h, 2M+1] vector). The gradient of a tile's window is the sum over its diagonals (the
+  inverse strided roll, then a sum over rows), accumulated in a per-head output block that stays
+  in VMEM over the (sequential) batch and key-block grid axes.
+- Offsets are key index - query index. They equal kv_pos - q_pos wherever the bias is used
+  (same segment) when positions count up by one within each segment, as packed (seqio) and
+  unpacked rows do. Masks still use the given positions.
+
+Fully masked tiles are skipped as in the GPU kernel (same semantics for dead rows).
+Verified in TPU interpret mode on CPU and by lowering to Mosaic from CPU (tests/kernels);
+Mosaic compilation and speed on a real TPU are untested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+MASK_VALUE = -1e9
+_KEY_PAD_VALUE = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    causal: bool
+    has_bias: bool
+    block: int
+    kv_len: int
+    nq: int
+    nk: int
+    interpret: bool
+
+
+def flash_attention_tpu(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                        bias, causal, max_distance, block, interpret):
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    if block % 8:
+        raise ValueError(f"flash_attention (mosaic_tpu): block {block} is not a multiple of 8")
+    nq, nk = pl.cdiv(lq, block), pl.cdiv(lk, block)
+    lq_pad, lk_pad = nq * block, nk * block
+    i32 = jnp.int32
+
+    def pad(x, length):
+        return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+    def heads_first(x, length):
+        return pad(x, length).transpose(0, 2, 1, 3)
+
+    if bias is None:
+        table = jnp.zeros((h, 8, 128), jnp.float32)  # unused placeholder
+    else:
+        m = max_distance
+        if bias.shape != (h, 2 * m + 1):
+            raise ValueError(f"flash_attention: bias {bias.shape}, expected {(h, 2 * m + 1)}")
+        # table[:, g, t]: bias of offset (g - nq) * B + t + 1 (block diagonal g = j - i + nq - 1,
+        # t = c - r + B - 1); the last column is never read.
+        g = np.arange(nq + nk - 1)[:, None]
+        t = np.arange(2 * block)[None, :]
+        idx = np.clip((g - nq) * block + t + 1, -m, m) + m
+        table = bias.astype(jnp.float32)[:, idx]
+    cfg = _Config(causal=causal, has_bias=bias is not None, block=block, kv_len=lk, nq=nq,
+                  nk=nk, interpret=interpret)
+    out = _attention(cfg, heads_first(q, lq_pad), heads_first(k, lk_pad),
+                     heads_first(v, lk_pad), table,
+                     pad(q_segment_ids.astype(i32), lq_pad)[:, :, None],
+                     pad(kv_segment_ids.astype(i32), lk_pad)[:, None, :],
+                     pad(q_positions.astype(i32), lq_pad)[:, :, None],
+                     pad(kv_positions.astype(i32), lk_pad)[:, None, :])
+    return out.transpose(0, 2, 1, 3)[:, :lq]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
+    return _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos)[0]
+
+
+def _attention_fwd(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
+    o, m, logl = _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos)
+    return o, (q, k, v, table, qseg, kseg, qpos, kpos, o, m, logl)
+
+
+def _attention_bwd(cfg, res, do):
+    q, k, v, table, qseg, kseg, qpos, kpos, o, m, logl = res
+    delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32),
+                       o.astype(jnp.float32))[..., None]
+    args = (q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
+    dk, dv, dtable = _backward_dkdv(cfg, *args)
+    dq = _backward_dq(cfg, *args)
+    return dq, dk, dv, dtable, None, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tile math
+
+
+def _dot(a, b, contract_a: int, contract_b: int) -> jax.Array:
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+
+
+def _tile_mask(cfg, qseg, kseg, qpos, kpos):
+    """bool [B, B] from [B, 1] query-side and [1, B] key-side ids / positions."""
+    mask = (qseg == kseg) & (kseg != 0)
+    if cfg.causal:
+        mask = mask & (kpos <= qpos)
+    return mask
+
+
+def _if_any(mask, visit, carry):
+    return lax.cond(jnp.max(mask.astype(jnp.int32)) > 0, visit, lambda c: c, carry)
+
+
+def _diagonal(cfg, i, j):
+    return j - i + cfg.nq - 1
+
+
+def _tile_scores(cfg, q, k, table_ref, mask, i, j):
+    bsz = cfg.block
+    s = _dot(q, k, 1, 1)
+    if cfg.has_bias:
+        window = table_ref[pl.ds(_diagonal(cfg, i, j), 1), :]  # [1, 2B]
+        # Row r rolled by B + 1 + r: bias[r, c] = window[c - r + B - 1] (Toeplitz).
+        bias = pltpu.roll(jnp.broadcast_to(window, (bsz, 2 * bsz)), bsz + 1, 1,
+                          stride=1, stride_axis=0)[:, :bsz]
+        s = s + jnp.where(mask, bias, MASK_VALUE)
+    else:
+        s = s + jnp.where(mask, 0.0, MASK_VALUE)
+    if cfg.kv_len % bsz:
+        key_index = j * bsz + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+        s = jnp.where(key_index < cfg.kv_len, s, _KEY_PAD_VALUE)
+    return s
+
+
+def _window_grad(cfg, ds_bias):
+    """[B, B] -> [1, 2B]: sums of the diagonals c - r + B - 1 (the transpose of the roll)."""
+    bsz = cfg.block
+    x = jnp.concatenate([ds_bias, jnp.zeros_like(ds_bias)], axis=1)
+    # Row r rolled by B - 1 - r (mod 2B): y[r, t] = x[r, t + r - B + 1].
+    y = pltpu.roll(x, bsz - 1, 1, stride=2 * bsz - 1, stride_axis=0)
+    return y.sum(axis=0, keepdims=True)
+
+
+def _start(j, size):
+    return pl.multiple_of(j * size, size)
+
+
+def _call(cfg, kernel, grid, in_specs, out_specs, out_shape, semantics):
+    kwargs = {}
+    if cfg.interpret:
+        kwargs["interpret"] = pltpu.InterpretParams()
+    return pl.pallas_call(
+        functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
+        out_specs=out_specs, out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=semantics), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward: grid (b, h, query blocks), loop over key blocks.
+
+
+def _q_side_specs(cfg, d, lk):
+    bsz = cfg.block
+    q_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i: (b, h, i, 0))
+    k_spec = pl.BlockSpec((None, None, lk, d), lambda b, h, i: (b, h, 0, 0))
+    qs_spec = pl.BlockSpec((None, bsz, 1), lambda b, h, i: (b, i, 0))
+    ks_spec = pl.BlockSpec((None, 1, lk), lambda b, h, i: (b, 0, 0))
+    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda b, h, i: (b, h, i, 0))
+    return q_spec, k_spec, qs_spec, ks_spec, row_spec
+
+
+def _table_spec(table, head_axis):
+    def index(*ids):
+        return (ids[head_axis], 0, 0)
+    return pl.BlockSpec((None,) + table.shape[1:], index)
+
+
+def _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
+    b, h, lq, d = q.shape
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_side_specs(cfg, d, k.shape[2])
+    row = jax.ShapeDtypeStruct((b, h, lq, 1), jnp.float32)
+    return _call(
+        cfg, _forward_kernel, (b, h, cfg.nq),
+        [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec],
+        [q_spec, row_spec, row_spec], [jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
+        ("parallel", "parallel", "parallel"),
+    )(q, k, v, table, qseg, kseg, qpos, kpos)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
+                    o_ref, m_ref, logl_ref, *, cfg):
+    bsz = cfg.block
+    i = pl.program_id(2)
+    q, qseg, qpos = q_ref[...], qseg_ref[...], qpos_ref[...]
+
+    def body(j, carry):
+        keys = pl.ds(_start(j, bsz), bsz)
+        mask = _tile_mask(cfg, qseg, kseg_ref[:, keys], qpos, kpos_ref[:, keys])
+
+        def visit(carry):
+            m, l, acc = carry  # [B, 1], [B, 1], [B, d], f32
+            s = _tile_scores(cfg, q, k_ref[keys, :], table_ref, mask, i, j)
+            m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
+            alpha = jnp.exp(m - m_new)
+            p = jnp.exp(s - m_new)
+            v = v_ref[keys, :]
+            acc = acc * alpha + _dot(p.astype(v.dtype), v, 1, 0)
+            return m_new, l * alpha + p.sum(axis=1, keepdims=True), acc
+
+        return _if_any(mask, visit, carry)
+
+    init = (jnp.full((bsz, 1), _KEY_PAD_VALUE, jnp.float32), jnp.zeros((bsz, 1), jnp.float32),
+            jnp.zeros((bsz, q.shape[1]), jnp.float32))
+    m, l, acc = lax.fori_loop(0, cfg.nk, body, init)
+    l = jnp.where(l > 0, l, 1.0)
+    o_ref[...] = (acc / l).astype(o_ref.dtype)
+    m_ref[...] = m
+    logl_ref[...] = jnp.log(l)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward. dk, dv and the window-table gradient: grid (h, b, key blocks), the last two
+# sequential so the per-head table gradient accumulates in place. dq: grid like the forward.
+
+
+def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta):
+    b, h, lq, d = q.shape
+    lk, bsz = k.shape[2], cfg.block
+    q_spec = pl.BlockSpec((None, None, lq, d), lambda h, b, j: (b, h, 0, 0))
+    k_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j: (b, h, j, 0))
+    qs_spec = pl.BlockSpec((None, lq, 1), lambda h, b, j: (b, 0, 0))
+    ks_spec = pl.BlockSpec((None, 1, bsz), lambda h, b, j: (b, 0, j))
+    row_spec = pl.BlockSpec((None, None, lq, 1), lambda h, b, j: (b, h, 0, 0))
+    out_specs = [k_spec, k_spec]
+    out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+    if cfg.has_bias:
+        out_specs.append(_table_spec(table, 0))
+        out_shape.append(jax.ShapeDtypeStruct(table.shape, jnp.float32))
+    outs = _call(
+        cfg, _dkdv_kernel, (h, b, cfg.nk),
+        [q_spec, k_spec, k_spec, _table_spec(table, 0), qs_spec, ks_spec, qs_spec, ks_spec,
+         q_spec, row_spec, row_spec, row_spec],
+        out_specs, out_shape, ("parallel", "arbitrary", "arbitrary"),
+    )(q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
+    if not cfg.has_bias:
+        outs = (*outs, jnp.zeros_like(table))
+    return outs
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
+                 do_ref, m_ref, logl_ref, delta_ref, dk_ref, dv_ref, *dtable_ref, cfg):
+    bsz = cfg.block
+    j = pl.program_id(2)
+    k, v, kseg, kpos = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+    if cfg.has_bias:
+        (dtable_ref,) = dtable_ref
+
+        @pl.when((pl.program_id(1) == 0) & (j == 0))
+        def _():
+            dtable_ref[...] = jnp.zeros(dtable_ref.shape, jnp.float32)
+
+    def body(i, carry):
+        rows = pl.ds(_start(i, bsz), bsz)
+        mask = _tile_mask(cfg, qseg_ref[rows, :], kseg, qpos_ref[rows, :], kpos)
+
+        def visit(carry):
+            dk, dv = carry
+            q, do = q_ref[rows, :], do_ref[rows, :]
+            s = _tile_scores(cfg, q, k, table_ref, mask, i, j)
+            p = jnp.exp(s - m_ref[rows, :] - logl_ref[rows, :])
+            dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
+            ds = p * (_dot(do, v, 1, 1) - delta_ref[rows, :])
+            dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
+            if cfg.has_bias:
+                g = pl.ds(_diagonal(cfg, i, j), 1)
+                dtable_ref[g, :] = dtable_ref[g, :] + _window_grad(
+                    cfg, jnp.where(mask, ds, 0.0))
+            return dk, dv
+
+        return _if_any(mask, visit, carry)
+
+    d = k.shape[1]
+    dk, dv = lax.fori_loop(0, cfg.nq, body, (jnp.zeros((bsz, d), jnp.float32),
+                                             jnp.zeros((bsz, d), jnp.float32)))
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _backward_dq(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta):
+    b, h, lq, d = q.shape
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_side_specs(cfg, d, k.shape[2])
+    return _call(
+        cfg, _dq_kernel, (b, h, cfg.nq),
+        [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec,
+         q_spec, row_spec, row_spec, row_spec],
+        q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype), ("parallel", "parallel", "parallel"),
+    )(q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
+               m_ref, logl_ref, delta_ref, dq_ref, *, cfg):
+    bsz = cfg.block
+    i = pl.program_id(2)
+    q, do, qseg, qpos = q_ref[...], do_ref[...], qseg_ref[...], qpos_ref[...]
+    m, logl, delta = m_ref[...], logl_ref[...], delta_ref[...]
+
+    def body(j, dq):
+        keys = pl.ds(_start(j, bsz), bsz)
+        mask = _tile_mask(cfg, qseg, kseg_ref[:, keys], qpos, kpos_ref[:, keys])
+
+        def visit(dq):
+            k, v = k_ref[keys, :], v_ref[keys, :]
+            s = _tile_scores(cfg, q, k, table_ref, mask, i, j)
+            p = jnp.exp(s - m - logl)
+            ds = p * (_dot(do, v, 1, 1) - delta)
+            return dq + _dot(ds.astype(k.dtype), k, 1, 0)
+
+        return _if_any(mask, visit, dq)
+
+    dq = lax.fori_loop(0, cfg.nk, body, jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = dq.astype(dq_ref.dtype)

@@ -1,0 +1,171 @@
+"""The TPU (Mosaic) variant of the flash-attention kernel against the model's `xla` attention.
+
+Runs in Pallas' TPU interpret mode on CPU (mode="mosaic_tpu_interpret", and mode="mosaic_tpu"
+under `pltpu.force_tpu_interpret_mode()`), on fresh random inputs each run (seed printed on
+failure), with tiny blocks so every case has several tiles and padded last blocks. Mosaic
+lowering (not compilation: that needs a TPU) is checked from CPU with
+`lower(lowering_platforms=("tpu",))` at TPU block sizes.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from flan_jax.kernels import flash_attention
+from flan_jax.model import attention
+from flan_jax.model.attention import relative_bias_vector
+from tests.kernels.test_flash_attention import (TOL, _case_inputs, _live_rows, _reference,
+                                                _rel_err, _value_and_grads, _with_table, rng)
+
+__all__ = ["rng"]  # the fixture
+
+
+def _kernel(qkv, table, relpos, masks, block, mode="mosaic_tpu_interpret"):
+    relpos = _with_table(relpos, table)
+    vec = None if relpos is None else relative_bias_vector(relpos)
+    return flash_attention(*qkv, **masks, bias=vec,
+                           max_distance=0 if relpos is None else relpos.max_distance,
+                           block_q=block, block_k=block, mode=mode)
+
+
+# encoder self (bidirectional bias), decoder self (causal), cross (no bias, lq != lk), packed
+# rows with 3-4 segments and offsets clipped at max_distance; lengths never divide the block.
+@pytest.mark.parametrize("name,dtype", [
+    ("encoder_self", "float32"), ("decoder_self", "float32"), ("packed_cross", "float32"),
+    ("packed_encoder_clipped", "float32"), ("packed_decoder_clipped", "bfloat16")])
+def test_tpu_kernel_matches_xla_reference_forward_and_gradients(rng, name, dtype):
+    qkv, relpos, masks, _ = _case_inputs(rng, name, dtype)
+    while name == "packed_cross" and qkv[0].shape[1] == qkv[1].shape[1]:  # want lq != lk
+        qkv, relpos, masks, _ = _case_inputs(rng, name, dtype)
+    block = 16 if name.startswith("packed") else 32
+    table = jnp.zeros((1, 1), jnp.float32) if relpos is None else relpos.embedding[...]
+    live = _live_rows(masks)
+    assert live.any() and not live.all()
+    cotangent = jnp.asarray(rng.normal(size=qkv[0].shape) * live[:, :, None, None], dtype)
+
+    (_, out), grads = _value_and_grads(
+        lambda qkv, t: _kernel(qkv, t, relpos, masks, block), cotangent)(*qkv, table)
+    (_, want), want_grads = _value_and_grads(
+        lambda qkv, t: _reference(qkv, t, relpos, masks), cotangent)(*qkv, table)
+    assert out.shape == want.shape and out.dtype == want.dtype
+    assert np.all(np.isfinite(np.asarray(out, np.float32)))
+    tol = TOL[dtype]
+    assert _rel_err(out[live], want[live]) <= tol, ("output", _rel_err(out[live], want[live]))
+    for gname, got, ref in zip(("dq", "dk", "dv", "dtable"), grads, want_grads):
+        assert got.shape == ref.shape, gname
+        assert _rel_err(got, ref) <= tol, (gname, _rel_err(got, ref))
+    if relpos is not None:
+        assert float(jnp.abs(want_grads[3]).sum()) > 0
+    else:
+        assert float(jnp.abs(grads[3]).sum()) == 0
+
+
+def test_mosaic_tpu_mode_runs_under_force_tpu_interpret_mode(rng):
+    """mode="mosaic_tpu" (what attention_backend='pallas' uses on TPU) on CPU, forward."""
+    qkv, relpos, masks, _ = _case_inputs(rng, "decoder_self", "float32")
+    table = relpos.embedding[...]
+    live = _live_rows(masks)
+    with pltpu.force_tpu_interpret_mode():
+        out = jax.jit(lambda qkv, t: _kernel(qkv, t, relpos, masks, 32, "mosaic_tpu"))(
+            qkv, table)
+    want = _reference(qkv, table, relpos, masks)
+    assert _rel_err(out[live], want[live]) <= 1e-5
+
+
+def test_backends_pick_the_tpu_kernel(monkeypatch):
+    assert "pallas_tpu_interpret" in attention.BACKENDS
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "tpu")
+    assert attention.resolve_backend("auto") == "pallas"
+    assert attention.resolve_backend("auto", attention_dropout=True) == "xla"
+    calls = []
+    monkeypatch.setattr(attention, "flash_attention",
+                        lambda *a, mode, **kw: calls.append(mode) or a[0])
+    q = jnp.zeros((1, 8, 2, 16))
+    seg = jnp.ones((1, 8), jnp.int32)
+    for backend in ("pallas", "pallas_tpu_interpret"):
+        inputs = attention.prepare_attention(q_segment_ids=seg, kv_segment_ids=seg,
+                                             q_positions=seg, kv_positions=seg, causal=False,
+                                             relpos=None, backend=backend)
+        attention.dot_product_attention(q, q, q, inputs)
+    assert calls == ["mosaic_tpu", "mosaic_tpu_interpret"]
+
+
+@pytest.mark.parametrize("dtype,head_dim,with_bias,causal", [
+    ("bfloat16", 64, True, True), ("float32", 128, False, False)])
+def test_mosaic_lowering_builds_for_tpu(dtype, head_dim, with_bias, causal):
+    """Forward and both backward kernels lower to Mosaic (cross-platform lowering on CPU):
+    block shapes, strided rolls, dynamic row reads / writes of the window table, loops and
+    conds pass Pallas' TPU lowering. Mosaic compilation and running need a TPU."""
+    lq, lk, h = 300, 77, 2
+    q, k = jnp.zeros((1, lq, h, head_dim), dtype), jnp.zeros((1, lk, h, head_dim), dtype)
+    qs, ks = jnp.ones((1, lq), jnp.int32), jnp.ones((1, lk), jnp.int32)
+    vec = jnp.zeros((h, 2 * 128 + 1)) if with_bias else None
+
+    def loss(q, k, v, vec):
+        out = flash_attention(q, k, v, q_segment_ids=qs, kv_segment_ids=ks, q_positions=qs,
+                              kv_positions=ks, bias=vec, causal=causal, mode="mosaic_tpu")
+        return out.astype(jnp.float32).sum()
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3) if with_bias else (0, 1, 2))).trace(
+        q, k, k, vec).lower(lowering_platforms=("tpu",))
+    assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dk/dv (+ bias), dq
+
+
+def test_fully_masked_rows_stay_finite(rng):
+    """A segment with no keys (hidden) gives finite outputs and gradients, and live rows match."""
+    qkv, relpos, masks, _ = _case_inputs(rng, "packed_encoder_clipped", "float32")
+    kv_seg = masks["kv_segment_ids"]
+    masks = {**masks, "kv_segment_ids": jnp.where(kv_seg == 1, 0, kv_seg)}
+    live = _live_rows(masks)
+    table = relpos.embedding[...]
+    cotangent = jnp.asarray(rng.normal(size=qkv[0].shape), jnp.float32) * live[:, :, None, None]
+    (_, out), grads = _value_and_grads(
+        lambda qkv, t: _kernel(qkv, t, relpos, masks, 16), cotangent)(*qkv, table)
+    (_, want), want_grads = _value_and_grads(
+        lambda qkv, t: _reference(qkv, t, relpos, masks), cotangent)(*qkv, table)
+    assert np.all(np.isfinite(np.asarray(out)))
+    assert _rel_err(out[live], want[live]) <= 1e-5
+    for got, ref in zip(grads, want_grads):
+        assert _rel_err(got, ref) <= 1e-5
+
+
+def test_tiny_t5_loss_and_gradients_match_between_pallas_tpu_interpret_and_xla(rng,
+                                                                              monkeypatch):
+    from flax import nnx
+
+    from flan_jax.model import create_model, get_config
+    from flan_jax.model.losses import mean_cross_entropy
+    from tests.kernels.test_flash_attention import _segments
+
+    monkeypatch.setattr(attention, "BLOCK_Q", 16)
+    monkeypatch.setattr(attention, "BLOCK_K", 16)
+    cfg = get_config("tiny", vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
+    seed = int(rng.integers(1 << 30))
+    b, le, ld = 2, 37, 21
+    enc_seg, enc_pos = _segments(rng, b, le, 3, pad=True)
+    dec_seg, dec_pos = _segments(rng, b, ld, 3, pad=True)
+    batch = dict(
+        encoder_input_tokens=jnp.asarray(rng.integers(2, 64, (b, le))) * (enc_seg > 0),
+        decoder_input_tokens=jnp.asarray(rng.integers(2, 64, (b, ld))),
+        encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg,
+        encoder_positions=enc_pos, decoder_positions=dec_pos)
+    targets = jnp.asarray(rng.integers(2, 64, (b, ld)))
+    weights = (dec_seg > 0).astype(jnp.float32)
+
+    def loss_and_grad(backend):
+        graphdef, state = nnx.split(create_model(cfg.replace(attention_backend=backend), seed))
+
+        @jax.jit
+        def f(s):
+            return mean_cross_entropy(nnx.merge(graphdef, s)(**batch), targets, weights)
+        return jax.value_and_grad(f)(state)
+
+    loss, grads = loss_and_grad("pallas_tpu_interpret")
+    want, want_grads = loss_and_grad("xla")
+    assert abs(float(loss) - float(want)) <= 1e-5 * abs(float(want))
+    for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        assert _rel_err(got, ref) <= 1e-4
+    for stack in ("encoder", "decoder"):
+        assert float(jnp.abs(grads[stack]["relpos"]["embedding"][...]).sum()) > 0
