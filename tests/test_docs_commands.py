@@ -1,5 +1,6 @@
-"""Every `flan-jax ...` command in docs/tpu_pods.md and docs/gpus.md parses: its flags, its
-gin files (which must exist) and bindings; the `plan` ones run for real (no allocation)."""
+"""Every `flan-jax ...` command in docs/tpu_pods.md, docs/gpus.md and README.md parses: its
+flags, its gin files (which must exist) and bindings; the `plan` ones run for real (no
+allocation)."""
 
 import re
 import shlex
@@ -11,8 +12,10 @@ import pytest
 import flan_jax.train.loop  # noqa: F401 - registers every configurable, as the CLI does
 from flan_jax import cli, gin_utils
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 DOC_FILES = ("tpu_pods.md", "gpus.md")
+CHECKED = (*DOC_FILES, "../README.md")
 _COMMAND = re.compile(r"(?:^|\s)(flan-jax\s+(?:train|eval|infer|plan|show|export|convert)\b.*)")
 
 
@@ -23,12 +26,12 @@ def doc_commands(name):
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             match = _COMMAND.search(line)
-            if match and not line.lstrip().startswith("#"):
+            if match and not line.lstrip().startswith("#") and "--help" not in line:
                 out.append(match.group(1).strip())
     return out
 
 
-COMMANDS = [(name, cmd) for name in DOC_FILES for cmd in doc_commands(name)]
+COMMANDS = [(name, cmd) for name in CHECKED for cmd in doc_commands(name)]
 
 
 def test_the_docs_have_train_and_plan_commands():
@@ -48,7 +51,7 @@ def clean_gin():
 
 @pytest.mark.parametrize("doc,command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_command_parses(doc, command, clean_gin, capsys):
-    argv = shlex.split(command)[1:]
+    argv = shlex.split(command, comments=True)[1:]
     rest, files, bindings = gin_utils.split_gin_args(argv)
     args = cli.build_parser().parse_args(rest)
     for f in files:
