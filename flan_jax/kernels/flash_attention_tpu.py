@@ -11,16 +11,18 @@ mode="mosaic_tpu" / "mosaic_tpu_interpret"), with a layout Mosaic can lower:
   from a window of 2B entries with one strided `pltpu.roll` (row r rolled by one more than row
   r - 1), no gather. The windows of all nq + nk - 1 block diagonals are gathered outside the
   kernel into a table [h, nq + nk - 1, 2B] (O(h * L) memory, differentiable in plain JAX back
-  to the [h, 2M+1] vector). The gradient of a tile's window is the sum over its diagonals (the
-  inverse strided roll, then a sum over rows), accumulated in a per-head output block that stays
-  in VMEM over the (sequential) batch and key-block grid axes.
+  to the [h, 2M+1] vector). The gradient of a tile's window is the sum over its diagonals
+  (rows reversed by an exact permutation matmul, a strided roll, a sum over rows), accumulated
+  in a per-head output block that stays in VMEM over the (sequential) batch and key-block grid
+  axes. Strided rolls exist in Mosaic on TPU v5 and newer only.
 - Offsets are key index - query index. They equal kv_pos - q_pos wherever the bias is used
   (same segment) when positions count up by one within each segment, as packed (seqio) and
   unpacked rows do. Masks still use the given positions.
 
 Fully masked tiles are skipped as in the GPU kernel (same semantics for dead rows).
-Verified in TPU interpret mode on CPU and by lowering to Mosaic from CPU (tests/kernels);
-Mosaic compilation and speed on a real TPU are untested.
+Verified in TPU interpret mode on CPU, and compiled by Mosaic for TPU v5e / v4 from CPU (a
+compile-only topology with libtpu installed; tests/kernels). Running on a real TPU and speed
+are untested.
 """
 
 from __future__ import annotations
@@ -154,12 +156,25 @@ def _tile_scores(cfg, q, k, table_ref, mask, i, j):
     return s
 
 
-def _window_grad(cfg, ds_bias):
-    """[B, B] -> [1, 2B]: sums of the diagonals c - r + B - 1 (the transpose of the roll)."""
+def _window_grad(cfg, ds_bias, passes):
+    """[B, B] -> [1, 2B]: sums of the diagonals c - r + B - 1 (the transpose of the roll).
+
+    That transpose is a roll by -r per row, which Mosaic's strided roll cannot do (only small
+    positive strides), so the rows are reversed first (an exact permutation matmul on the MXU,
+    f32 carried as `passes` bf16 parts), after which row r' = B - 1 - r rolled by r' puts entry
+    (r, c) at lane c - r + B - 1, and a sum over rows gives the window gradient.
+    """
     bsz = cfg.block
-    x = jnp.concatenate([ds_bias, jnp.zeros_like(ds_bias)], axis=1)
-    # Row r rolled by B - 1 - r (mod 2B): y[r, t] = x[r, t + r - B + 1].
-    y = pltpu.roll(x, bsz - 1, 1, stride=2 * bsz - 1, stride_axis=0)
+    rows = lax.broadcasted_iota(jnp.int32, (bsz, bsz), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (bsz, bsz), 1)
+    flip = (rows + cols == bsz - 1).astype(jnp.bfloat16)
+    rest, reversed_rows = ds_bias, jnp.zeros_like(ds_bias)
+    for _ in range(passes):
+        part = rest.astype(jnp.bfloat16)
+        reversed_rows = reversed_rows + _dot(flip, part, 1, 0)
+        rest = rest - part.astype(jnp.float32)
+    x = jnp.concatenate([reversed_rows, jnp.zeros_like(reversed_rows)], axis=1)
+    y = pltpu.roll(x, 0, 1, stride=1, stride_axis=0)  # row r' rolled by r'
     return y.sum(axis=0, keepdims=True)
 
 
@@ -295,8 +310,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, k
             dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
             if cfg.has_bias:
                 g = pl.ds(_diagonal(cfg, i, j), 1)
+                # f32 inputs: an exact f32 reversal; bf16: as precise as dk (ds in bf16).
+                passes = 3 if q.dtype == jnp.float32 else 1
                 dtable_ref[g, :] = dtable_ref[g, :] + _window_grad(
-                    cfg, jnp.where(mask, ds, 0.0))
+                    cfg, jnp.where(mask, ds, 0.0), passes)
             return dk, dv
 
         return _if_any(mask, visit, carry)

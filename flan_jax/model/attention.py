@@ -7,10 +7,10 @@ the query initialisation.
 
 Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
 (flan_jax.kernels flash attention: Pallas' Triton lowering on GPU, its Mosaic variant on TPU,
-which builds tile biases with strided rolls; the TPU kernel is checked in interpret mode and by
-lowering to Mosaic from CPU, not yet compiled or timed on a TPU), `pallas_interpret` (the GPU
+which builds tile biases with strided rolls, TPU v5 and newer; checked in interpret mode and
+compiled for v5e from CPU, not yet run or timed on a TPU), `pallas_interpret` (the GPU
 kernel in interpret mode, for CPU tests), `pallas_tpu_interpret` (the TPU kernel in Pallas' TPU
-interpret mode, for CPU tests) and `auto` (pallas on GPU and TPU, xla on CPU).
+interpret mode, for CPU tests) and `auto` (pallas on GPU and TPU v5+, xla on CPU and older TPUs).
 Incremental decoding (`T5.decode_step`, one query per step against the KV cache) always uses
 xla: a flash kernel has nothing to tile with one query.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -58,12 +59,23 @@ def resolve_backend(backend: str, *, attention_dropout: bool = False) -> str:
                           logging.WARNING)
                 return "xla"
             if jax.default_backend() == "tpu":
-                _log_once("attention_backend='auto' on TPU: the Pallas (Mosaic) kernel, not yet "
-                          "validated on TPU hardware; set attention_backend='xla' if it fails "
-                          "to compile", logging.WARNING)
+                if not tpu_kernel_supported():
+                    _log_once("attention_backend='auto' on TPU before v5: xla (the Mosaic "
+                              "kernel's strided rolls need TPU v5 or newer)", logging.WARNING)
+                    return "xla"
+                _log_once("attention_backend='auto' on TPU: the Pallas (Mosaic) kernel, "
+                          "compiled for v5e ahead of time but not yet run on a TPU; set "
+                          "attention_backend='xla' if it misbehaves", logging.WARNING)
             return "pallas"
         return "xla"
     return backend
+
+
+def tpu_kernel_supported() -> bool:
+    """The TPU kernel builds bias tiles with strided `pltpu.roll`, which Mosaic implements on
+    TPU v5 and newer only (v5e, v5p, v6e, 7x...)."""
+    match = re.search(r"(\d+)", jax.devices()[0].device_kind)
+    return match is not None and int(match.group(1)) >= 5
 
 
 def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array,

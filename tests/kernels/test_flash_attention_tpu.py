@@ -77,6 +77,9 @@ def test_mosaic_tpu_mode_runs_under_force_tpu_interpret_mode(rng):
 def test_backends_pick_the_tpu_kernel(monkeypatch):
     assert "pallas_tpu_interpret" in attention.BACKENDS
     monkeypatch.setattr(attention.jax, "default_backend", lambda: "tpu")
+    assert not attention.tpu_kernel_supported()  # CPU devices here
+    assert attention.resolve_backend("auto") == "xla"  # as on TPU v4 and older
+    monkeypatch.setattr(attention, "tpu_kernel_supported", lambda: True)
     assert attention.resolve_backend("auto") == "pallas"
     assert attention.resolve_backend("auto", attention_dropout=True) == "xla"
     calls = []
@@ -169,3 +172,43 @@ def test_tiny_t5_loss_and_gradients_match_between_pallas_tpu_interpret_and_xla(r
         assert _rel_err(got, ref) <= 1e-4
     for stack in ("encoder", "decoder"):
         assert float(jnp.abs(grads[stack]["relpos"]["embedding"][...]).sum()) > 0
+
+
+_AOT_SCRIPT = """
+import jax, jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import SingleDeviceSharding
+from flan_jax.kernels import flash_attention
+dev = topologies.get_topology_desc("v5e:2x2", "tpu").devices[0]
+def sds(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=SingleDeviceSharding(dev))
+for dtype, hd, with_bias, causal in [("bfloat16", 64, True, True), ("float32", 128, True, False),
+                                     ("bfloat16", 128, False, False)]:
+    q, k = sds((2, 300, 2, hd), dtype), sds((2, 200, 2, hd), dtype)
+    qs, ks = sds((2, 300), jnp.int32), sds((2, 200), jnp.int32)
+    def loss(q, k, v, vec, qs, ks):
+        return flash_attention(q, k, v, q_segment_ids=qs, kv_segment_ids=ks, q_positions=qs,
+                               kv_positions=ks, bias=vec if with_bias else None, causal=causal,
+                               mode="mosaic_tpu").astype(jnp.float32).sum()
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(
+        q, k, k, sds((2, 257), jnp.float32), qs, ks).lower(lowering_platforms=("tpu",)).compile()
+    print("compiled", dtype, hd, with_bias, causal)
+"""
+
+
+def test_mosaic_compiles_for_tpu_v5e_ahead_of_time():
+    """Mosaic's own compilation (layouts, strided rolls, dynamic row access, conds), for a
+    compile-only TPU v5e topology: needs libtpu (pip install libtpu, or TPU_LIBRARY_PATH), no
+    TPU. Runs in a subprocess so that this process keeps its CPU-only backends."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if not (importlib.util.find_spec("libtpu") or os.environ.get("TPU_LIBRARY_PATH")):
+        pytest.skip("libtpu not installed: no ahead-of-time TPU compilation")
+    env = {**os.environ, "JAX_PLATFORMS": ""}
+    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("compiled") == 3, done.stdout
