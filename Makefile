@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test demo bench bench-data vocab clean
+.PHONY: install test demo bench bench-train bench-data vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: install
 
 bench: install
 	$(PY) bench/model_step.py
+
+bench-train: install
+	$(PY) bench/train_step.py
 
 bench-data: install
 	$(PY) bench/data_pipeline.py

@@ -154,8 +154,11 @@ def _eval_table(results, baseline=None) -> str:
             if was is not None:
                 cell = f"{was:6.1f} -> {cell}"
             rank = tasks[task].get("rank_accuracy")
+            was_rank = (baseline.get(group, {}).get(task, {}).get("rank_accuracy")
+                        if baseline else None)
             if rank is not None:
-                cell += f"   (rank classification {rank:5.1f})"
+                before = f"{was_rank:5.1f} -> " if was_rank is not None else ""
+                cell += f"   (rank classification {before}{rank:5.1f})"
             lines.append(f"  {task:<{width}}  {cell}")
         mean = summary({group: tasks}).get(f"eval/{group}/accuracy")
         if mean is not None:

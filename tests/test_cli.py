@@ -60,3 +60,17 @@ def test_eval_table_compares_with_step_0():
     assert table[1].split() == ["synth_a:zs_opt", "0.0", "->", "50.0"]
     assert table[-1].split() == ["mean", "accuracy", "0.0", "->", "30.0"]
     assert _eval_table(now).splitlines()[-1].split() == ["mean", "accuracy", "30.0"]
+
+
+def test_eval_table_shows_rank_classification_against_step_0():
+    from flan_jax.cli import _eval_table
+
+    now = {"held_in": {"a:zs_opt": {"accuracy": 40.0, "rank_accuracy": 60.0},
+                       "a:zs_noopt": {"accuracy": 20.0}}}
+    start = {"held_in": {"a:zs_opt": {"accuracy": 0.0, "rank_accuracy": 25.0},
+                         "a:zs_noopt": {"accuracy": 0.0}}}
+    rows = {line.split()[0]: line.split()[1:] for line in _eval_table(now, start).splitlines()[1:]}
+    assert rows["a:zs_opt"] == ["0.0", "->", "40.0", "(rank", "classification", "25.0", "->",
+                                "60.0)"]
+    assert rows["a:zs_noopt"] == ["0.0", "->", "20.0"]
+    assert _eval_table(now).splitlines()[2].split()[-2:] == ["classification", "60.0)"]
