@@ -20,11 +20,12 @@ and the pallas attention backend and reports MFU against a measured matmul peak.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_step import _time, matmul_peak  # noqa: E402  (bench/ is not a package)
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -55,18 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="MFU denominator; default: the best matmul rate measured here")
     p.add_argument("--json", help="also write the results to this JSON file")
     return p.parse_args(argv)
-
-
-def _time(fn, steps: int, warmup: int) -> float:
-    """Median seconds per call of `fn` (which must block until its work is done)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _memory_mib(jitted, *args) -> float | None:
@@ -150,15 +139,6 @@ def bench_attention(args) -> list[dict]:
     return rows
 
 
-def _matmul_peak(dtype: str) -> float:
-    """bench/model_step.py's measured matmul peak (FLOP/s), so MFU means the same thing."""
-    path = Path(__file__).with_name("model_step.py")
-    spec = importlib.util.spec_from_file_location("bench_model_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.matmul_peak(dtype)
-
-
 def bench_model_step(args) -> list[dict]:
     import jax
     import jax.numpy as jnp
@@ -169,7 +149,7 @@ def bench_model_step(args) -> list[dict]:
     from flan_jax.model.flops import train_flops
     from flan_jax.model.losses import mean_cross_entropy
 
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else _matmul_peak(args.dtype)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(args.dtype)
     kernel = "pallas_interpret" if args.interpret else "pallas"
     rows = []
     for backend in ("xla", kernel):
