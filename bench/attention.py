@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_step import _time, matmul_peak  # noqa: E402  (bench/ is not a package)
+from model_step import _time, loss_and_grad_step, matmul_peak  # noqa: E402  (bench/ is not a package)
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -141,13 +141,9 @@ def bench_attention(args) -> list[dict]:
 
 def bench_model_step(args) -> list[dict]:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
 
-    from flan_jax.model import create_model, get_config
+    from flan_jax.model import get_config
     from flan_jax.model.flops import train_flops
-    from flan_jax.model.losses import mean_cross_entropy
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(args.dtype)
     kernel = "pallas_interpret" if args.interpret else "pallas"
@@ -157,20 +153,8 @@ def bench_model_step(args) -> list[dict]:
                          attention_backend=backend)
         row = {"preset": args.model_step, "backend": backend}
         try:
-            graphdef, state = nnx.split(create_model(cfg, seed=0))
-            rng = np.random.default_rng(0)
             b, le, ld = args.step_batch, args.inputs, args.targets
-            x = jnp.asarray(rng.integers(2, cfg.vocab_size, (b, le)), jnp.int32)
-            y = jnp.asarray(rng.integers(2, cfg.vocab_size, (b, ld)), jnp.int32)
-            dec_in = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
-
-            @jax.jit
-            def step(state):
-                def loss_fn(state):
-                    logits = nnx.merge(graphdef, state)(x, dec_in)
-                    return mean_cross_entropy(logits, y, jnp.ones_like(y))
-                return jax.value_and_grad(loss_fn)(state)
-
+            step, state = loss_and_grad_step(cfg, b, le, ld)
             t = _time(lambda: jax.block_until_ready(step(state)), args.steps, args.warmup)
             flops = train_flops(cfg, b, le, ld)
             row.update(step_s=t, tokens_per_s=b * (le + ld) / t, mfu=flops / t / peak,

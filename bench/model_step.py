@@ -62,7 +62,9 @@ def matmul_peak(dtype: str) -> float:
     return best
 
 
-def flan_jax_step(args, cfg) -> float:
+def loss_and_grad_step(cfg, batch: int, inputs: int, targets: int):
+    """(jitted step, params): value_and_grad of the mean token cross entropy over random
+    tokens, the forward + backward work the benchmarks time. Call it as `step(params)`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -73,18 +75,25 @@ def flan_jax_step(args, cfg) -> float:
 
     graphdef, state = nnx.split(create_model(cfg, seed=0))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.integers(2, cfg.vocab_size, (args.batch, args.inputs)), jnp.int32)
-    y = jnp.asarray(rng.integers(2, cfg.vocab_size, (args.batch, args.targets)), jnp.int32)
+    x = jnp.asarray(rng.integers(2, cfg.vocab_size, (batch, inputs)), jnp.int32)
+    y = jnp.asarray(rng.integers(2, cfg.vocab_size, (batch, targets)), jnp.int32)
     dec_in = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
 
     @jax.jit
-    def loss_and_grad(state):
+    def step(state):
         def loss_fn(state):
             logits = nnx.merge(graphdef, state)(x, dec_in)
             return mean_cross_entropy(logits, y, jnp.ones_like(y))
         return jax.value_and_grad(loss_fn)(state)
 
-    return _time(lambda: jax.block_until_ready(loss_and_grad(state)), args.steps, args.warmup)
+    return step, state
+
+
+def flan_jax_step(args, cfg) -> float:
+    import jax
+
+    step, state = loss_and_grad_step(cfg, args.batch, args.inputs, args.targets)
+    return _time(lambda: jax.block_until_ready(step(state)), args.steps, args.warmup)
 
 
 def hf_config(cfg):
