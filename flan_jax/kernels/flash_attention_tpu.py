@@ -37,6 +37,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from flan_jax.kernels.flash_attention import _dot  # one tile matmul (f32 accumulation) for both
+
 MASK_VALUE = -1e9
 _KEY_PAD_VALUE = -1e30
 # Each program holds the other side's whole sequence (k/v, or q/do and row statistics) in VMEM:
@@ -120,11 +122,6 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 # ---------------------------------------------------------------------------------------------
 # Tile math
-
-
-def _dot(a, b, contract_a: int, contract_b: int) -> jax.Array:
-    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
-                           preferred_element_type=jnp.float32)
 
 
 def _tile_mask(cfg, qseg, kseg, qpos, kpos):
@@ -267,7 +264,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref
 
 def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta):
     b, h, lq, d = q.shape
-    lk, bsz = k.shape[2], cfg.block
+    bsz = cfg.block
     q_spec = pl.BlockSpec((None, None, lq, d), lambda h, b, j: (b, h, 0, 0))
     k_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j: (b, h, j, 0))
     qs_spec = pl.BlockSpec((None, lq, 1), lambda h, b, j: (b, 0, 0))

@@ -130,6 +130,13 @@ def _value_and_grads(fn, cotangent):
     ("packed_cross", "bfloat16")])
 def test_kernel_matches_xla_reference_forward_and_gradients(rng, name, dtype):
     qkv, relpos, masks, blocks = _case_inputs(rng, name, dtype)
+    assert_matches_reference(rng, qkv, relpos, masks, dtype,
+                             lambda qkv, t: _kernel(qkv, t, relpos, masks, blocks))
+
+
+def assert_matches_reference(rng, qkv, relpos, masks, dtype, kernel):
+    """`kernel((q, k, v), table)` gives xla's output on live rows and xla's gradients wrt
+    q, k, v and the bias table (shared with the TPU kernel's tests)."""
     table = (jnp.zeros((1, 1), jnp.float32) if relpos is None
              else relpos.embedding[...])
     live = _live_rows(masks)
@@ -137,8 +144,7 @@ def test_kernel_matches_xla_reference_forward_and_gradients(rng, name, dtype):
     # The loss ignores padding rows, as the model's does (their outputs differ: see below).
     cotangent = jnp.asarray(rng.normal(size=qkv[0].shape) * live[:, :, None, None], dtype)
 
-    (_, out), grads = _value_and_grads(
-        lambda qkv, t: _kernel(qkv, t, relpos, masks, blocks), cotangent)(*qkv, table)
+    (_, out), grads = _value_and_grads(kernel, cotangent)(*qkv, table)
     (_, want), want_grads = _value_and_grads(
         lambda qkv, t: _reference(qkv, t, relpos, masks), cotangent)(*qkv, table)
     assert out.shape == want.shape and out.dtype == want.dtype

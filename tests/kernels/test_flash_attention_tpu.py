@@ -16,8 +16,9 @@ from jax.experimental.pallas import tpu as pltpu
 from flan_jax.kernels import flash_attention
 from flan_jax.model import attention
 from flan_jax.model.attention import relative_bias_vector
-from tests.kernels.test_flash_attention import (TOL, _case_inputs, _live_rows, _reference,
-                                                _rel_err, _value_and_grads, _with_table, rng)
+from tests.kernels.test_flash_attention import (_case_inputs, _live_rows, _reference, _rel_err,
+                                                _value_and_grads, _with_table,
+                                                assert_matches_reference, rng)
 
 __all__ = ["rng"]  # the fixture
 
@@ -40,26 +41,8 @@ def test_tpu_kernel_matches_xla_reference_forward_and_gradients(rng, name, dtype
     while name == "packed_cross" and qkv[0].shape[1] == qkv[1].shape[1]:  # want lq != lk
         qkv, relpos, masks, _ = _case_inputs(rng, name, dtype)
     block = 16 if name.startswith("packed") else 32
-    table = jnp.zeros((1, 1), jnp.float32) if relpos is None else relpos.embedding[...]
-    live = _live_rows(masks)
-    assert live.any() and not live.all()
-    cotangent = jnp.asarray(rng.normal(size=qkv[0].shape) * live[:, :, None, None], dtype)
-
-    (_, out), grads = _value_and_grads(
-        lambda qkv, t: _kernel(qkv, t, relpos, masks, block), cotangent)(*qkv, table)
-    (_, want), want_grads = _value_and_grads(
-        lambda qkv, t: _reference(qkv, t, relpos, masks), cotangent)(*qkv, table)
-    assert out.shape == want.shape and out.dtype == want.dtype
-    assert np.all(np.isfinite(np.asarray(out, np.float32)))
-    tol = TOL[dtype]
-    assert _rel_err(out[live], want[live]) <= tol, ("output", _rel_err(out[live], want[live]))
-    for gname, got, ref in zip(("dq", "dk", "dv", "dtable"), grads, want_grads):
-        assert got.shape == ref.shape, gname
-        assert _rel_err(got, ref) <= tol, (gname, _rel_err(got, ref))
-    if relpos is not None:
-        assert float(jnp.abs(want_grads[3]).sum()) > 0
-    else:
-        assert float(jnp.abs(grads[3]).sum()) == 0
+    assert_matches_reference(rng, qkv, relpos, masks, dtype,
+                             lambda qkv, t: _kernel(qkv, t, relpos, masks, block))
 
 
 def test_mosaic_tpu_mode_runs_under_force_tpu_interpret_mode(rng):
