@@ -15,6 +15,10 @@ and the pallas attention backend and reports MFU against a measured matmul peak.
     python bench/attention.py                                      # GPU: 512 .. 16k, bf16
     python bench/attention.py --model-step t5_1_1-large --batch 8 --inputs 2048 --targets 512
     python bench/attention.py --interpret --lengths 64 128 --heads 2   # CPU smoke (not timing)
+    python bench/attention.py --tpu-topology v5e:2x2 --peers pallas xla  # TPU memory, no TPU
+
+`--tpu-topology` compiles ahead of time for a TPU that is not here (libtpu installed, or
+TPU_LIBRARY_PATH set; JAX_PLATFORMS unset) and reports the compiler's memory figures only.
 """
 
 from __future__ import annotations
@@ -54,8 +58,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--step-batch", type=int, default=8, help="model step: batch")
     p.add_argument("--peak-tflops", type=float,
                    help="MFU denominator; default: the best matmul rate measured here")
+    p.add_argument("--tpu-topology", metavar="TOPOLOGY",
+                   help="compile only, for this TPU topology (e.g. v5e:2x2; needs libtpu, no "
+                        "TPU): report compiled memory per length, no times")
     p.add_argument("--json", help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.tpu_topology and (args.interpret or args.model_step):
+        p.error("--tpu-topology compiles the attention peers only (no --interpret, "
+                "--model-step)")
+    return args
 
 
 def _memory_mib(jitted, *args) -> float | None:
@@ -94,7 +105,8 @@ def attention_fns(args, peer: str, length: int):
 
     if peer == "pallas":
         mode = "interpret" if args.interpret else (
-            "triton" if jax.default_backend() == "gpu" else "mosaic_tpu")
+            "triton" if jax.default_backend() == "gpu" and not args.tpu_topology
+            else "mosaic_tpu")
 
         def attend(q, k, v, table):
             vec = relative_bias_vector(nnx.merge(graphdef, table))
@@ -119,6 +131,23 @@ def attention_fns(args, peer: str, length: int):
     return fwd, fwd_bwd, (q, k, v, table)
 
 
+def _on_topology(args, inputs):
+    """Abstract copies of `inputs` placed on the first device of a compile-only topology."""
+    import jax
+    from jax.experimental import topologies
+    from jax.sharding import SingleDeviceSharding
+
+    device = topologies.get_topology_desc(args.tpu_topology, "tpu").devices[0]
+    return device, jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=SingleDeviceSharding(device)), inputs)
+
+
+def _compiled_mib(jitted, *args) -> float:
+    """Like _memory_mib, for a lowering to a compile-only TPU topology."""
+    stats = jitted.trace(*args).lower(lowering_platforms=("tpu",)).compile().memory_analysis()
+    return (stats.temp_size_in_bytes + stats.output_size_in_bytes) / 2**20
+
+
 def bench_attention(args) -> list[dict]:
     import jax
 
@@ -128,6 +157,12 @@ def bench_attention(args) -> list[dict]:
             row = {"length": length, "peer": peer}
             try:
                 fwd, fwd_bwd, inputs = attention_fns(args, peer, length)
+                if args.tpu_topology:
+                    device, abstract = _on_topology(args, inputs)
+                    row["device"] = device.device_kind
+                    row["fwd_bwd_mib"] = _compiled_mib(fwd_bwd, *abstract)
+                    rows.append(row)
+                    continue
                 row["fwd_ms"] = 1e3 * _time(lambda: jax.block_until_ready(fwd(*inputs)),
                                             args.steps, args.warmup)
                 row["fwd_bwd_ms"] = 1e3 * _time(lambda: jax.block_until_ready(fwd_bwd(*inputs)),
@@ -169,6 +204,23 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _report_compiled(args, device: str, rows: list[dict]) -> dict:
+    print(f"| {'length':>6} | {'peer':<7} | {'fwd+bwd MiB':>11} | {'peer / pallas':>13} |")
+    print("|" + "|".join("-" * w for w in (8, 9, 13, 15)) + "|")
+    kernel = {r["length"]: r.get("fwd_bwd_mib") for r in rows if r["peer"] == "pallas"}
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['length']:>6} | {r['peer']:<7} | {r['error']}")
+            continue
+        ref = kernel.get(r["length"])
+        ratio = f"{r['fwd_bwd_mib'] / ref:.1f}x" if ref else "-"
+        print(f"| {r['length']:>6} | {r['peer']:<7} | {r['fwd_bwd_mib']:>11.1f} | {ratio:>13} |")
+    result = {"device": device, "args": vars(args), "attention": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
@@ -176,12 +228,16 @@ def main(argv=None) -> dict:
     if args.interpret and jax.default_backend() != "cpu":
         print("note: --interpret on an accelerator times the interpreter, not the kernel")
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
+    if args.tpu_topology:
+        device = f"TPU topology {args.tpu_topology} (compile only), jax {jax.__version__}"
     kind = "decoder self (causal)" if args.causal else "encoder self (bidirectional)"
     print(f"attention: {kind}, batch {args.batch}, {args.heads} heads x {args.head_dim}, "
           f"{args.dtype}, blocks {args.block_q}/{args.block_k}, on {device}")
     if args.interpret:
         print("kernel in Pallas interpret mode: these times are not performance figures")
     rows = bench_attention(args)
+    if args.tpu_topology:
+        return _report_compiled(args, device, rows)
     print(f"| {'length':>6} | {'peer':<7} | {'fwd ms':>9} | {'fwd+bwd ms':>10} | "
           f"{'fwd+bwd MiB':>11} | {'xla / peer':>14} |")
     print("|" + "|".join("-" * w for w in (8, 9, 11, 12, 13, 16)) + "|")

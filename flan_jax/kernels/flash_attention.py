@@ -5,10 +5,12 @@ the bias is a per-head vector over clipped offsets `kv_pos - q_pos` in [-max_dis
 max_distance] (T5 buckets saturate there; flan_jax.model.attention builds the vector from the
 bucket table), gathered per tile; its gradient is scatter-added per tile. Masks follow the
 `xla` reference: same non-padding segment (0 = padding), key position <= query position when
-causal, masked scores get -1e9. Tiles masked everywhere (other segments of a packed row,
-the future when causal, padding) are skipped; that is exact for every query row that has a key
-to attend to. A row with none (padding) stays finite but, unlike the reference's average of v
-over all keys, averages only the visited tiles' keys (or is 0): its loss weight is 0 anyway.
+causal. Masked scores get -1e9 (so they never raise a row's running max) and weigh exactly 0,
+which also covers the keys that pad the last block (segment 0). Tiles masked everywhere
+(other segments of a packed row, the future when causal, padding) are skipped. Only the row
+statistic logsumexp is kept for the backward. A query row with no key to attend to (padding)
+outputs 0 and passes no gradient, where the reference averages v over all keys: such rows
+have loss weight 0 and their outputs reach no live position.
 
 Modes: "interpret" (CPU, tests), "triton" (GPU; the bias gather and the atomic scatter-add of
 its gradient lower to Triton pointer ops), "mosaic_tpu" (TPU: a separate kernel with a Mosaic
@@ -29,7 +31,7 @@ from jax.experimental import pallas as pl
 
 MODES = ("interpret", "triton", "mosaic_tpu", "mosaic_tpu_interpret")
 MASK_VALUE = -1e9  # what the xla reference adds to masked scores
-_KEY_PAD_VALUE = -1e30  # keys added to fill the last block: never attended, even by masked rows
+_M_INIT = -1e30  # running max before the first tile (below MASK_VALUE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,6 @@ class _Config:
     max_distance: int
     block_q: int
     block_k: int
-    kv_len: int  # keys beyond this index are block padding
     mode: str
     num_warps: int = 4
     num_stages: int = 2
@@ -89,7 +90,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
         vec = jnp.pad(bias.astype(jnp.float32),
                       [(0, 0), (0, pl.next_power_of_2(width) - width)])
     cfg = _Config(causal=causal, has_bias=bias is not None, max_distance=max_distance,
-                  block_q=bq, block_k=bk, kv_len=lk, mode=mode)
+                  block_q=bq, block_k=bk, mode=mode)
     i32 = jnp.int32
     out = _attention(cfg, pad(q, lq_pad), pad(k, lk_pad), pad(v, lk_pad), vec,
                      pad(q_segment_ids.astype(i32), lq_pad),
@@ -108,15 +109,15 @@ def _attention(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
 
 
 def _attention_fwd(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
-    o, m, logl = _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos)
-    return o, (q, k, v, vec, qseg, kseg, qpos, kpos, o, m, logl)
+    o, lse = _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos)
+    return o, (q, k, v, vec, qseg, kseg, qpos, kpos, o, lse)
 
 
 def _attention_bwd(cfg, res, do):
-    q, k, v, vec, qseg, kseg, qpos, kpos, o, m, logl = res
+    q, k, v, vec, qseg, kseg, qpos, kpos, o, lse = res
     # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, [b, h, lq] in f32.
     delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))
-    rows = (m, logl, delta)
+    rows = (lse, delta)
     dk, dv, dvec_parts = _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, *rows)
     dq = _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, *rows)
     dvec = dvec_parts.sum(axis=(0, 2)) if cfg.has_bias else jnp.zeros_like(vec)
@@ -145,13 +146,11 @@ def _tile_mask(cfg, qseg, kseg, qpos, kpos):
 
 def _if_any(mask, visit, carry):
     """visit(carry) unless the whole tile is masked: skips the other segments' blocks of
-    packed rows, future blocks when causal, and padding. Exact for every row with an
-    unmasked key anywhere; a row masked everywhere sees only the visited tiles (see module
-    docstring)."""
+    packed rows, future blocks when causal, and padding. Exact, as masked entries weigh 0."""
     return lax.cond(jnp.max(mask.astype(jnp.int32)) > 0, visit, lambda c: c, carry)
 
 
-def _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, k_start):
+def _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos):
     """Scores + bias + mask for one [bq, bk] tile, f32; also the bias indices."""
     s = _dot(q, k, 1, 1)  # [bq, bk]
     idx = None
@@ -162,9 +161,6 @@ def _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, k_start):
         s = s + jnp.where(mask, bias, MASK_VALUE)
     else:
         s = s + jnp.where(mask, 0.0, MASK_VALUE)
-    if cfg.kv_len % cfg.block_k:  # the last key block holds padding added by the wrapper
-        key_index = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-        s = jnp.where(key_index < cfg.kv_len, s, _KEY_PAD_VALUE)
     return s, idx
 
 
@@ -217,13 +213,13 @@ def _forward(cfg, q, k, v, vec, qseg, kseg, qpos, kpos):
     return _call(
         cfg, _forward_kernel, (b, h, lq // cfg.block_q),
         [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec],
-        [q_spec, row_spec, row_spec],
-        [jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
+        [q_spec, row_spec],
+        [jax.ShapeDtypeStruct(q.shape, q.dtype), row],
     )(q, k, v, vec, qseg, kseg, qpos, kpos)
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
-                    o_ref, m_ref, logl_ref, *, cfg):
+                    o_ref, lse_ref, *, cfg):
     bq, bk = cfg.block_q, cfg.block_k
     q, qseg, qpos = q_ref[...], qseg_ref[...], qpos_ref[...]
 
@@ -235,32 +231,29 @@ def _forward_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, 
 
         def visit(carry):
             m, l, acc = carry  # running max [bq], normaliser [bq], output [bq, d], all f32
-            s, _ = _tile_scores(cfg, q, k_ref[keys, :], vec_ref, mask, qpos, kpos, start)
+            s, _ = _tile_scores(cfg, q, k_ref[keys, :], vec_ref, mask, qpos, kpos)
             m_new = jnp.maximum(m, s.max(axis=1))
             alpha = jnp.exp(m - m_new)
-            p = jnp.exp(s - m_new[:, None])
+            p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
             v = v_ref[keys, :]
             acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
             return m_new, l * alpha + p.sum(axis=1), acc
 
         return _if_any(mask, visit, carry)
 
-    init = (jnp.full((bq,), _KEY_PAD_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
+    init = (jnp.full((bq,), _M_INIT, jnp.float32), jnp.zeros((bq,), jnp.float32),
             jnp.zeros((bq, q.shape[1]), jnp.float32))
     m, l, acc = lax.fori_loop(0, k_ref.shape[0] // bk, body, init)
-    l = jnp.where(l > 0, l, 1.0)  # a query block that visited no tile: output 0
+    l = jnp.where(l > 0, l, 1.0)  # a row without a live key: output 0
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    # The backward needs m and log(l) apart: in a fully masked row m is about -1e9, and
-    # m + log(l) would round log(l) away.
-    m_ref[...] = m
-    logl_ref[...] = jnp.log(l)
+    lse_ref[...] = m + jnp.log(l)
 
 
 # ---------------------------------------------------------------------------------------------
 # Backward: dk, dv and the bias-vector gradient per key block; dq per query block.
 
 
-def _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta):
+def _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, lse, delta):
     b, lq, h, d = q.shape
     lk = k.shape[1]
     nk = lk // cfg.block_k
@@ -270,18 +263,17 @@ def _backward_dkdv(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta
     return _call(
         cfg, _dkdv_kernel, (b, h, nk),
         [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec, q_spec,
-         row_spec, row_spec, row_spec],
+         row_spec, row_spec],
         [k_spec, k_spec, dvec_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          jax.ShapeDtypeStruct((b, h, nk, vec.shape[1]), jnp.float32)],
-    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta)
+    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, lse, delta)
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
-                 m_ref, logl_ref, delta_ref, dk_ref, dv_ref, dvec_ref, *, cfg):
+                 lse_ref, delta_ref, dk_ref, dv_ref, dvec_ref, *, cfg):
     bq, bk = cfg.block_q, cfg.block_k
     k, v, kseg, kpos = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
-    k_start = pl.program_id(2) * bk
     scatter_in_ref = cfg.has_bias and cfg.mode == "triton"
     if scatter_in_ref:  # atomics into this program's own row of the output
         from jax.experimental.pallas import triton as plt
@@ -296,8 +288,8 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpo
         def visit(carry):
             dk, dv, dvec = carry
             q, do = q_ref[rows, :], do_ref[rows, :]
-            s, idx = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, k_start)
-            p = jnp.exp(s - m_ref[rows][:, None] - logl_ref[rows][:, None])  # [bq, bk]
+            s, idx = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos)
+            p = jnp.where(mask, jnp.exp(s - lse_ref[rows][:, None]), 0.0)  # [bq, bk]
             dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
             dp = _dot(do, v, 1, 1)
             ds = p * (dp - delta_ref[rows][:, None])
@@ -322,7 +314,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpo
         dvec_ref[...] = dvec
 
 
-def _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta):
+def _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, lse, delta):
     b, lq, h, d = q.shape
     lk = k.shape[1]
     q_spec, k_spec, qs_spec, ks_spec, vec_spec = _specs(cfg, lq, lk, d, vec.shape[1], True)
@@ -330,16 +322,16 @@ def _backward_dq(cfg, q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta):
     return _call(
         cfg, _dq_kernel, (b, h, lq // cfg.block_q),
         [q_spec, k_spec, k_spec, vec_spec, qs_spec, ks_spec, qs_spec, ks_spec, q_spec,
-         row_spec, row_spec, row_spec],
+         row_spec, row_spec],
         q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype),
-    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, m, logl, delta)
+    )(q, k, v, vec, qseg, kseg, qpos, kpos, do, lse, delta)
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
-               m_ref, logl_ref, delta_ref, dq_ref, *, cfg):
+               lse_ref, delta_ref, dq_ref, *, cfg):
     bk = cfg.block_k
     q, do, qseg, qpos = q_ref[...], do_ref[...], qseg_ref[...], qpos_ref[...]
-    m, logl, delta = m_ref[...], logl_ref[...], delta_ref[...]
+    lse, delta = lse_ref[...], delta_ref[...]
 
     def body(j, dq):
         start = _block_start(j, bk)
@@ -349,8 +341,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, vec_ref, qseg_ref, kseg_ref, qpos_ref, kpos_
 
         def visit(dq):
             k, v = k_ref[keys, :], v_ref[keys, :]
-            s, _ = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos, start)
-            p = jnp.exp(s - m[:, None] - logl[:, None])
+            s, _ = _tile_scores(cfg, q, k, vec_ref, mask, qpos, kpos)
+            p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
             ds = p * (_dot(do, v, 1, 1) - delta[:, None])
             return dq + _dot(ds.astype(k.dtype), k, 1, 0)
 

@@ -4,8 +4,13 @@ Same contract as `flash_attention.flash_attention` (which dispatches here for
 mode="mosaic_tpu" / "mosaic_tpu_interpret"), with a layout Mosaic can lower:
 
 - q, k, v are moved to [b, h, l, d] (one transpose each way), so a block is [block, head_dim];
-  segment ids / positions travel as [b, l, 1] (query side) and [b, 1, l] (key side), row
-  statistics as [b, h, l, 1]; no 1-D vectors inside the kernels.
+  segment ids / positions travel as [b, l, 1] (query side) and [b, 1, l] (key side), the
+  row statistics (logsumexp, and the backward's delta) as [b, h, l, 1]; no 1-D vectors
+  inside the kernels.
+- Every tile pair is a grid step (grid (b, h, i, j) forward and for dq, (h, b, j, i) for
+  dk / dv), the reduction axis last and sequential, its accumulators in VMEM scratch: VMEM
+  holds a few [B, d] blocks and one head's window table, whatever the length (16k and 32k
+  compile for v5e, see docs/benchmarks.md). A tile with no live pair computes nothing.
 - Square tiles (block_q == block_k == B; a multiple of 128 on TPU). The bias of tile (i, j)
   depends on key - query index differences (j - i) * B + c - r, a Toeplitz matrix: it is built
   from a window of 2B entries with one strided `pltpu.roll` (row r rolled by one more than row
@@ -13,14 +18,16 @@ mode="mosaic_tpu" / "mosaic_tpu_interpret"), with a layout Mosaic can lower:
   kernel into a table [h, nq + nk - 1, 2B] (O(h * L) memory, differentiable in plain JAX back
   to the [h, 2M+1] vector). The gradient of a tile's window is the sum over its diagonals
   (rows reversed by an exact permutation matmul, a strided roll, a sum over rows), accumulated
-  in a per-head output block that stays in VMEM over the (sequential) batch and key-block grid
+  in a per-head output block that stays in VMEM over the (sequential) batch and block grid
   axes. Strided rolls exist in Mosaic on TPU v5 and newer only.
 - Offsets are key index - query index. They equal kv_pos - q_pos wherever the bias is used
   (same segment) when positions count up by one within each segment, as packed (seqio) and
   unpacked rows do. Masks still use the given positions.
 
-Fully masked tiles are skipped as in the GPU kernel (same semantics for dead rows).
-Verified in TPU interpret mode on CPU, and compiled by Mosaic for TPU v5e / v4 from CPU (a
+Masked entries weigh exactly 0 and rows with no key to attend to output 0, as in the GPU
+kernel.
+
+Verified in TPU interpret mode on CPU, and compiled by Mosaic for TPU v5e / v6e from CPU (a
 compile-only topology with libtpu installed; tests/kernels). Running on a real TPU and speed
 are untested.
 """
@@ -37,14 +44,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from flan_jax.kernels.flash_attention import _dot  # one tile matmul (f32 accumulation) for both
+# One tile matmul (f32 accumulation) and the running max's start, shared with the GPU kernel.
+from flan_jax.kernels.flash_attention import _M_INIT, _dot
 
 MASK_VALUE = -1e9
-_KEY_PAD_VALUE = -1e30
-# Each program holds the other side's whole sequence (k/v, or q/do and row statistics) in VMEM:
-# with 48 MiB (below every v5+ chip's VMEM) 16 heads x 64 in bf16 compile up to length 8192 on
-# v5e / v5p / v6e; 16k needs the inner loop moved into the grid (not done yet).
-_VMEM_LIMIT = 48 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,6 @@ class _Config:
     causal: bool
     has_bias: bool
     block: int
-    kv_len: int
     nq: int
     nk: int
     interpret: bool
@@ -86,7 +88,7 @@ def flash_attention_tpu(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, 
         t = np.arange(2 * block)[None, :]
         idx = np.clip((g - nq) * block + t + 1, -m, m) + m
         table = bias.astype(jnp.float32)[:, idx]
-    cfg = _Config(causal=causal, has_bias=bias is not None, block=block, kv_len=lk, nq=nq,
+    cfg = _Config(causal=causal, has_bias=bias is not None, block=block, nq=nq,
                   nk=nk, interpret=interpret)
     out = _attention(cfg, heads_first(q, lq_pad), heads_first(k, lk_pad),
                      heads_first(v, lk_pad), table,
@@ -103,15 +105,15 @@ def _attention(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
 
 
 def _attention_fwd(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
-    o, m, logl = _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos)
-    return o, (q, k, v, table, qseg, kseg, qpos, kpos, o, m, logl)
+    o, lse = _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos)
+    return o, (q, k, v, table, qseg, kseg, qpos, kpos, o, lse)
 
 
 def _attention_bwd(cfg, res, do):
-    q, k, v, table, qseg, kseg, qpos, kpos, o, m, logl = res
+    q, k, v, table, qseg, kseg, qpos, kpos, o, lse = res
     delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32),
                        o.astype(jnp.float32))[..., None]
-    args = (q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
+    args = (q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta)
     dk, dv, dtable = _backward_dkdv(cfg, *args)
     dq = _backward_dq(cfg, *args)
     return dq, dk, dv, dtable, None, None, None, None
@@ -132,10 +134,6 @@ def _tile_mask(cfg, qseg, kseg, qpos, kpos):
     return mask
 
 
-def _if_any(mask, visit, carry):
-    return lax.cond(jnp.max(mask.astype(jnp.int32)) > 0, visit, lambda c: c, carry)
-
-
 def _diagonal(cfg, i, j):
     return j - i + cfg.nq - 1
 
@@ -151,9 +149,6 @@ def _tile_scores(cfg, q, k, table_ref, mask, i, j):
         s = s + jnp.where(mask, bias, MASK_VALUE)
     else:
         s = s + jnp.where(mask, 0.0, MASK_VALUE)
-    if cfg.kv_len % bsz:
-        key_index = j * bsz + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-        s = jnp.where(key_index < cfg.kv_len, s, _KEY_PAD_VALUE)
     return s
 
 
@@ -179,32 +174,34 @@ def _window_grad(cfg, ds_bias, passes):
     return y.sum(axis=0, keepdims=True)
 
 
-def _start(j, size):
-    return pl.multiple_of(j * size, size)
+def _when_any(mask):
+    """Run the decorated tile update only when the tile has a live (query, key) pair."""
+    return pl.when(jnp.max(mask.astype(jnp.int32)) > 0)
 
 
-def _call(cfg, kernel, grid, in_specs, out_specs, out_shape, semantics):
+def _call(cfg, kernel, grid, in_specs, out_specs, out_shape, semantics, scratch):
     kwargs = {}
     if cfg.interpret:
         kwargs["interpret"] = pltpu.InterpretParams()
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
         out_specs=out_specs, out_shape=out_shape,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=semantics,
-                                             vmem_limit_bytes=_VMEM_LIMIT), **kwargs)
+        scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in scratch],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=semantics), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward: grid (b, h, query blocks), loop over key blocks.
+# Forward and dq: grid (b, h, query blocks i, key blocks j); j is the sequential reduction
+# axis, carried in VMEM scratch, read and written at its first / last step.
 
 
-def _q_side_specs(cfg, d, lk):
+def _q_major_specs(cfg, d):
     bsz = cfg.block
-    q_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i: (b, h, i, 0))
-    k_spec = pl.BlockSpec((None, None, lk, d), lambda b, h, i: (b, h, 0, 0))
-    qs_spec = pl.BlockSpec((None, bsz, 1), lambda b, h, i: (b, i, 0))
-    ks_spec = pl.BlockSpec((None, 1, lk), lambda b, h, i: (b, 0, 0))
-    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda b, h, i: (b, h, i, 0))
+    q_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i, j: (b, h, i, 0))
+    k_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i, j: (b, h, j, 0))
+    qs_spec = pl.BlockSpec((None, bsz, 1), lambda b, h, i, j: (b, i, 0))
+    ks_spec = pl.BlockSpec((None, 1, bsz), lambda b, h, i, j: (b, 0, j))
+    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda b, h, i, j: (b, h, i, 0))
     return q_spec, k_spec, qs_spec, ks_spec, row_spec
 
 
@@ -214,149 +211,154 @@ def _table_spec(table, head_axis):
     return pl.BlockSpec((None,) + table.shape[1:], index)
 
 
+_Q_MAJOR = ("parallel", "parallel", "parallel", "arbitrary")
+
+
 def _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
     b, h, lq, d = q.shape
-    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_side_specs(cfg, d, k.shape[2])
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_major_specs(cfg, d)
     row = jax.ShapeDtypeStruct((b, h, lq, 1), jnp.float32)
+    bsz = cfg.block
     return _call(
-        cfg, _forward_kernel, (b, h, cfg.nq),
+        cfg, _forward_kernel, (b, h, cfg.nq, cfg.nk),
         [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec],
-        [q_spec, row_spec, row_spec], [jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
-        ("parallel", "parallel", "parallel"),
+        [q_spec, row_spec], [jax.ShapeDtypeStruct(q.shape, q.dtype), row],
+        _Q_MAJOR, [(bsz, 1), (bsz, 1), (bsz, d)],
     )(q, k, v, table, qseg, kseg, qpos, kpos)
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
-                    o_ref, m_ref, logl_ref, *, cfg):
-    bsz = cfg.block
-    i = pl.program_id(2)
-    q, qseg, qpos = q_ref[...], qseg_ref[...], qpos_ref[...]
+                    o_ref, lse_ref, m_acc, l_acc, acc, *, cfg):
+    i, j = pl.program_id(2), pl.program_id(3)
 
-    def body(j, carry):
-        keys = pl.ds(_start(j, bsz), bsz)
-        mask = _tile_mask(cfg, qseg, kseg_ref[:, keys], qpos, kpos_ref[:, keys])
+    @pl.when(j == 0)
+    def _():
+        m_acc[...] = jnp.full(m_acc.shape, _M_INIT, jnp.float32)
+        l_acc[...] = jnp.zeros(l_acc.shape, jnp.float32)
+        acc[...] = jnp.zeros(acc.shape, jnp.float32)
 
-        def visit(carry):
-            m, l, acc = carry  # [B, 1], [B, 1], [B, d], f32
-            s = _tile_scores(cfg, q, k_ref[keys, :], table_ref, mask, i, j)
-            m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
-            alpha = jnp.exp(m - m_new)
-            p = jnp.exp(s - m_new)
-            v = v_ref[keys, :]
-            acc = acc * alpha + _dot(p.astype(v.dtype), v, 1, 0)
-            return m_new, l * alpha + p.sum(axis=1, keepdims=True), acc
+    mask = _tile_mask(cfg, qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...])
 
-        return _if_any(mask, visit, carry)
+    @_when_any(mask)
+    def _():
+        s = _tile_scores(cfg, q_ref[...], k_ref[...], table_ref, mask, i, j)
+        m = m_acc[...]
+        m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
+        v = v_ref[...]
+        acc[...] = acc[...] * alpha + _dot(p.astype(v.dtype), v, 1, 0)
+        l_acc[...] = l_acc[...] * alpha + p.sum(axis=1, keepdims=True)
+        m_acc[...] = m_new
 
-    init = (jnp.full((bsz, 1), _KEY_PAD_VALUE, jnp.float32), jnp.zeros((bsz, 1), jnp.float32),
-            jnp.zeros((bsz, q.shape[1]), jnp.float32))
-    m, l, acc = lax.fori_loop(0, cfg.nk, body, init)
-    l = jnp.where(l > 0, l, 1.0)
-    o_ref[...] = (acc / l).astype(o_ref.dtype)
-    m_ref[...] = m
-    logl_ref[...] = jnp.log(l)
+    @pl.when(j == cfg.nk - 1)
+    def _():
+        l = l_acc[...]
+        l = jnp.where(l > 0, l, 1.0)
+        o_ref[...] = (acc[...] / l).astype(o_ref.dtype)
+        lse_ref[...] = m_acc[...] + jnp.log(l)
+
+
+def _backward_dq(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta):
+    b, h, lq, d = q.shape
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_major_specs(cfg, d)
+    return _call(
+        cfg, _dq_kernel, (b, h, cfg.nq, cfg.nk),
+        [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec,
+         q_spec, row_spec, row_spec],
+        q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype), _Q_MAJOR, [(cfg.block, d)],
+    )(q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
+               lse_ref, delta_ref, dq_ref, dq_acc, *, cfg):
+    i, j = pl.program_id(2), pl.program_id(3)
+
+    @pl.when(j == 0)
+    def _():
+        dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
+
+    mask = _tile_mask(cfg, qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...])
+
+    @_when_any(mask)
+    def _():
+        k, v, do = k_ref[...], v_ref[...], do_ref[...]
+        s = _tile_scores(cfg, q_ref[...], k, table_ref, mask, i, j)
+        p = jnp.where(mask, jnp.exp(s - lse_ref[...]), 0.0)
+        ds = p * (_dot(do, v, 1, 1) - delta_ref[...])
+        dq_acc[...] = dq_acc[...] + _dot(ds.astype(k.dtype), k, 1, 0)
+
+    @pl.when(j == cfg.nk - 1)
+    def _():
+        dq_ref[...] = dq_acc[...].astype(dq_ref.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
-# Backward. dk, dv and the window-table gradient: grid (h, b, key blocks), the last two
-# sequential so the per-head table gradient accumulates in place. dq: grid like the forward.
+# dk, dv and the window-table gradient: grid (h, b, key blocks j, query blocks i), all but the
+# head axis sequential, so each head's table gradient block stays in VMEM and accumulates in
+# place; dk / dv accumulate over i in scratch.
 
 
-def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta):
+def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta):
     b, h, lq, d = q.shape
     bsz = cfg.block
-    q_spec = pl.BlockSpec((None, None, lq, d), lambda h, b, j: (b, h, 0, 0))
-    k_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j: (b, h, j, 0))
-    qs_spec = pl.BlockSpec((None, lq, 1), lambda h, b, j: (b, 0, 0))
-    ks_spec = pl.BlockSpec((None, 1, bsz), lambda h, b, j: (b, 0, j))
-    row_spec = pl.BlockSpec((None, None, lq, 1), lambda h, b, j: (b, h, 0, 0))
+    q_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j, i: (b, h, i, 0))
+    k_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j, i: (b, h, j, 0))
+    qs_spec = pl.BlockSpec((None, bsz, 1), lambda h, b, j, i: (b, i, 0))
+    ks_spec = pl.BlockSpec((None, 1, bsz), lambda h, b, j, i: (b, 0, j))
+    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda h, b, j, i: (b, h, i, 0))
     out_specs = [k_spec, k_spec]
     out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
     if cfg.has_bias:
         out_specs.append(_table_spec(table, 0))
         out_shape.append(jax.ShapeDtypeStruct(table.shape, jnp.float32))
     outs = _call(
-        cfg, _dkdv_kernel, (h, b, cfg.nk),
+        cfg, _dkdv_kernel, (h, b, cfg.nk, cfg.nq),
         [q_spec, k_spec, k_spec, _table_spec(table, 0), qs_spec, ks_spec, qs_spec, ks_spec,
-         q_spec, row_spec, row_spec, row_spec],
-        out_specs, out_shape, ("parallel", "arbitrary", "arbitrary"),
-    )(q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
+         q_spec, row_spec, row_spec],
+        out_specs, out_shape, ("parallel", "arbitrary", "arbitrary", "arbitrary"),
+        [(bsz, d), (bsz, d)],
+    )(q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta)
     if not cfg.has_bias:
         outs = (*outs, jnp.zeros_like(table))
     return outs
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref,
-                 do_ref, m_ref, logl_ref, delta_ref, dk_ref, dv_ref, *dtable_ref, cfg):
-    bsz = cfg.block
-    j = pl.program_id(2)
-    k, v, kseg, kpos = k_ref[...], v_ref[...], kseg_ref[...], kpos_ref[...]
+                 do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *rest, cfg):
+    *dtable_ref, dk_acc, dv_acc = rest
+    j, i = pl.program_id(2), pl.program_id(3)
+
+    @pl.when(i == 0)
+    def _():
+        dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
+        dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
+
     if cfg.has_bias:
         (dtable_ref,) = dtable_ref
 
-        @pl.when((pl.program_id(1) == 0) & (j == 0))
+        @pl.when((pl.program_id(1) == 0) & (j == 0) & (i == 0))
         def _():
             dtable_ref[...] = jnp.zeros(dtable_ref.shape, jnp.float32)
 
-    def body(i, carry):
-        rows = pl.ds(_start(i, bsz), bsz)
-        mask = _tile_mask(cfg, qseg_ref[rows, :], kseg, qpos_ref[rows, :], kpos)
+    mask = _tile_mask(cfg, qseg_ref[...], kseg_ref[...], qpos_ref[...], kpos_ref[...])
 
-        def visit(carry):
-            dk, dv = carry
-            q, do = q_ref[rows, :], do_ref[rows, :]
-            s = _tile_scores(cfg, q, k, table_ref, mask, i, j)
-            p = jnp.exp(s - m_ref[rows, :] - logl_ref[rows, :])
-            dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
-            ds = p * (_dot(do, v, 1, 1) - delta_ref[rows, :])
-            dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
-            if cfg.has_bias:
-                g = pl.ds(_diagonal(cfg, i, j), 1)
-                # f32 inputs: an exact f32 reversal; bf16: as precise as dk (ds in bf16).
-                passes = 3 if q.dtype == jnp.float32 else 1
-                dtable_ref[g, :] = dtable_ref[g, :] + _window_grad(
-                    cfg, jnp.where(mask, ds, 0.0), passes)
-            return dk, dv
+    @_when_any(mask)
+    def _():
+        q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+        s = _tile_scores(cfg, q, k, table_ref, mask, i, j)
+        p = jnp.where(mask, jnp.exp(s - lse_ref[...]), 0.0)
+        dv_acc[...] = dv_acc[...] + _dot(p.astype(do.dtype), do, 0, 0)
+        ds = p * (_dot(do, v, 1, 1) - delta_ref[...])
+        dk_acc[...] = dk_acc[...] + _dot(ds.astype(q.dtype), q, 0, 0)
+        if cfg.has_bias:
+            g = pl.ds(_diagonal(cfg, i, j), 1)
+            # f32 inputs: an exact f32 reversal; bf16: as precise as dk (ds in bf16).
+            passes = 3 if q.dtype == jnp.float32 else 1
+            dtable_ref[g, :] = dtable_ref[g, :] + _window_grad(
+                cfg, jnp.where(mask, ds, 0.0), passes)
 
-        return _if_any(mask, visit, carry)
-
-    d = k.shape[1]
-    dk, dv = lax.fori_loop(0, cfg.nq, body, (jnp.zeros((bsz, d), jnp.float32),
-                                             jnp.zeros((bsz, d), jnp.float32)))
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
-
-
-def _backward_dq(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta):
-    b, h, lq, d = q.shape
-    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_side_specs(cfg, d, k.shape[2])
-    return _call(
-        cfg, _dq_kernel, (b, h, cfg.nq),
-        [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec,
-         q_spec, row_spec, row_spec, row_spec],
-        q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype), ("parallel", "parallel", "parallel"),
-    )(q, k, v, table, qseg, kseg, qpos, kpos, do, m, logl, delta)
-
-
-def _dq_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpos_ref, do_ref,
-               m_ref, logl_ref, delta_ref, dq_ref, *, cfg):
-    bsz = cfg.block
-    i = pl.program_id(2)
-    q, do, qseg, qpos = q_ref[...], do_ref[...], qseg_ref[...], qpos_ref[...]
-    m, logl, delta = m_ref[...], logl_ref[...], delta_ref[...]
-
-    def body(j, dq):
-        keys = pl.ds(_start(j, bsz), bsz)
-        mask = _tile_mask(cfg, qseg, kseg_ref[:, keys], qpos, kpos_ref[:, keys])
-
-        def visit(dq):
-            k, v = k_ref[keys, :], v_ref[keys, :]
-            s = _tile_scores(cfg, q, k, table_ref, mask, i, j)
-            p = jnp.exp(s - m - logl)
-            ds = p * (_dot(do, v, 1, 1) - delta)
-            return dq + _dot(ds.astype(k.dtype), k, 1, 0)
-
-        return _if_any(mask, visit, dq)
-
-    dq = lax.fori_loop(0, cfg.nk, body, jnp.zeros(q.shape, jnp.float32))
-    dq_ref[...] = dq.astype(dq_ref.dtype)
+    @pl.when(i == cfg.nq - 1)
+    def _():
+        dk_ref[...] = dk_acc[...].astype(dk_ref.dtype)
+        dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
