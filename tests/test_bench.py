@@ -101,3 +101,34 @@ def test_attention_benchmark_runs_in_interpret_mode(tmp_path):
     for r in steps.values():
         assert "error" not in r, r
         assert r["step_s"] > 0 and 0 < r["mfu"], r
+
+
+def test_attention_benchmark_compiles_for_a_tpu_topology(tmp_path):
+    """--tpu-topology: memory from Mosaic / XLA's TPU compiler, with no TPU (needs libtpu)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    if not (importlib.util.find_spec("libtpu") or os.environ.get("TPU_LIBRARY_PATH")):
+        pytest.skip("libtpu not installed: no ahead-of-time TPU compilation")
+    out = tmp_path / "attention_tpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "attention.py"), "--tpu-topology", "v5e:2x2",
+         "--lengths", "256", "2048", "--heads", "2", "--peers", "pallas", "xla",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["length"], r["peer"]): r for r in json.loads(out.read_text())["attention"]}
+    assert set(rows) == {(n, p) for n in (256, 2048) for p in ("pallas", "xla")}
+    assert {r["device"] for r in rows.values()} == {"TPU v5 lite"}
+    # The dense bias is quadratic, the kernel's residuals linear.
+    assert rows[2048, "xla"]["fwd_bwd_mib"] > 4 * rows[2048, "pallas"]["fwd_bwd_mib"] > 0
+
+
+def test_attention_benchmark_rejects_tpu_topology_with_timed_modes():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "attention.py"), "--tpu-topology", "v5e:2x2",
+         "--interpret"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--tpu-topology compiles" in proc.stderr
