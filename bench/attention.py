@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -204,17 +205,32 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _report_compiled(args, device: str, rows: list[dict]) -> dict:
-    print(f"| {'length':>6} | {'peer':<7} | {'fwd+bwd MiB':>11} | {'peer / pallas':>13} |")
-    print("|" + "|".join("-" * w for w in (8, 9, 13, 15)) + "|")
-    kernel = {r["length"]: r.get("fwd_bwd_mib") for r in rows if r["peer"] == "pallas"}
+def _print_table(rows: list[dict], columns: list[tuple[str, str, object]], keys: int) -> None:
+    """A Markdown table; `columns`: (header, format spec with width, cell(row) -> value). A row
+    with an "error" prints its first `keys` cells and the error."""
+    aligns = [re.match(r"([<>]?)(\d*)", spec).groups() for _, spec, _ in columns]
+    widths = [int(w or 0) for _, w in aligns]
+    print("| " + " | ".join(format(h, a + str(w)) for (h, _, _), (a, w)
+                            in zip(columns, aligns)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        if "error" in r:
-            print(f"| {r['length']:>6} | {r['peer']:<7} | {r['error']}")
-            continue
-        ref = kernel.get(r["length"])
-        ratio = f"{r['fwd_bwd_mib'] / ref:.1f}x" if ref else "-"
-        print(f"| {r['length']:>6} | {r['peer']:<7} | {r['fwd_bwd_mib']:>11.1f} | {ratio:>13} |")
+        cells = [format(cell(r), spec) for _, spec, cell in
+                 (columns[:keys] if "error" in r else columns)]
+        print("| " + " | ".join(cells + [r["error"]] if "error" in r else cells)
+              + ("" if "error" in r else " |"))
+
+
+def _ratio(num, den, spec: str) -> str:
+    return f"{num / den:{spec}}x" if num and den else "-"
+
+
+def _report_compiled(args, device: str, rows: list[dict]) -> dict:
+    kernel = {r["length"]: r.get("fwd_bwd_mib") for r in rows if r["peer"] == "pallas"}
+    _print_table(rows, [
+        ("length", ">6", lambda r: r["length"]), ("peer", "<7", lambda r: r["peer"]),
+        ("fwd+bwd MiB", ">11.1f", lambda r: r["fwd_bwd_mib"]),
+        ("peer / pallas", ">13",
+         lambda r: _ratio(r["fwd_bwd_mib"], kernel.get(r["length"]), ".1f"))], keys=2)
     result = {"device": device, "args": vars(args), "attention": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -238,32 +254,24 @@ def main(argv=None) -> dict:
     rows = bench_attention(args)
     if args.tpu_topology:
         return _report_compiled(args, device, rows)
-    print(f"| {'length':>6} | {'peer':<7} | {'fwd ms':>9} | {'fwd+bwd ms':>10} | "
-          f"{'fwd+bwd MiB':>11} | {'xla / peer':>14} |")
-    print("|" + "|".join("-" * w for w in (8, 9, 11, 12, 13, 16)) + "|")
     xla_time = {r["length"]: r.get("fwd_bwd_ms") for r in rows if r["peer"] == "xla"}
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['length']:>6} | {r['peer']:<7} | {r['error']}")
-            continue
-        ref = xla_time.get(r["length"])
-        ratio = f"{ref / r['fwd_bwd_ms']:.2f}x" if ref else "-"
-        print(f"| {r['length']:>6} | {r['peer']:<7} | {r['fwd_ms']:>9.3f} | "
-              f"{r['fwd_bwd_ms']:>10.3f} | {_fmt(r['fwd_bwd_mib'], '11.1f')} | {ratio:>14} |")
+    _print_table(rows, [
+        ("length", ">6", lambda r: r["length"]), ("peer", "<7", lambda r: r["peer"]),
+        ("fwd ms", ">9.3f", lambda r: r["fwd_ms"]),
+        ("fwd+bwd ms", ">10.3f", lambda r: r["fwd_bwd_ms"]),
+        ("fwd+bwd MiB", ">11", lambda r: _fmt(r["fwd_bwd_mib"], ".1f")),
+        ("xla / peer", ">14", lambda r: _ratio(xla_time.get(r["length"]), r["fwd_bwd_ms"],
+                                               ".2f"))], keys=2)
     result = {"device": device, "args": vars(args), "attention": rows}
     if args.model_step:
         steps = bench_model_step(args)
         print(f"\ntrain step: {args.model_step}, batch {args.step_batch}, "
               f"{args.inputs} inputs / {args.targets} targets, {args.dtype}")
-        print(f"| {'backend':<16} | {'step s':>8} | {'tokens/s':>10} | {'MFU':>6} | "
-              f"{'step MiB':>10} |")
-        print("|" + "|".join("-" * w for w in (18, 10, 12, 8, 12)) + "|")
-        for r in steps:
-            if "error" in r:
-                print(f"| {r['backend']:<16} | {r['error']}")
-                continue
-            print(f"| {r['backend']:<16} | {r['step_s']:>8.3f} | {r['tokens_per_s']:>10.0f} | "
-                  f"{r['mfu']:>6.1%} | {_fmt(r['step_mib'], '10.1f')} |")
+        _print_table(steps, [
+            ("backend", "<16", lambda r: r["backend"]), ("step s", ">8.3f", lambda r: r["step_s"]),
+            ("tokens/s", ">10.0f", lambda r: r["tokens_per_s"]),
+            ("MFU", ">6.1%", lambda r: r["mfu"]),
+            ("step MiB", ">10", lambda r: _fmt(r["step_mib"], ".1f"))], keys=1)
         result["model_step"] = steps
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
