@@ -238,7 +238,11 @@ def optimizer_state_shardings(abstract_state: Any, abstract_params: Any,
     removed (Adafactor's factored moments) keeps the mesh axes of the surviving dimensions;
     anything else (step counts, Adafactor's (1,) placeholders, optax.masked leaves) is
     replicated. If several removals give the same shape (equal dims), a surviving dimension
-    keeps its axis only where every reading agrees.
+    keeps its axis only where every reading agrees. Failing that, a leaf dimension may be a
+    run of adjacent param dimensions merged (state of a param the optimizer sees reshaped,
+    e.g. [embed, heads * kv] from `optim.factor_like_t5x`): it takes the run's outer axis
+    when the inner dimensions are unsharded (each device then holds one contiguous block),
+    else is replicated.
     """
     params_def = jax.tree.structure(abstract_params)
     params_flat = params_def.flatten_up_to(abstract_params)
@@ -346,15 +350,39 @@ def _reduced_spec(leaf_shape: tuple[int, ...], param_shape: tuple[int, ...],
                   param_spec: tuple[MeshAxes, ...]) -> PartitionSpec:
     if leaf_shape == param_shape:
         return PartitionSpec(*param_spec)
-    readings = [keep for keep in itertools.combinations(range(len(param_shape)), len(leaf_shape))
+    readings = [tuple((k,) for k in keep)
+                for keep in itertools.combinations(range(len(param_shape)), len(leaf_shape))
                 if tuple(param_shape[k] for k in keep) == leaf_shape]
+    readings = readings or list(_merged_readings(leaf_shape, param_shape, 0, 0))
     if not readings:
         return PartitionSpec()
     spec = []
     for pos in range(len(leaf_shape)):
-        options = {param_spec[keep[pos]] for keep in readings}
+        options = {_run_spec(reading[pos], param_spec) for reading in readings}
         spec.append(options.pop() if len(options) == 1 else None)
     return PartitionSpec(*spec)
+
+
+def _merged_readings(leaf_shape: tuple[int, ...], param_shape: tuple[int, ...], leaf_dim: int,
+                     param_dim: int):
+    """Each way to read leaf dims, in order, as runs of adjacent param dims (some param dims
+    left out) whose sizes multiply to the leaf dim's: tuples of runs of param dim indices."""
+    if leaf_dim == len(leaf_shape):
+        yield ()
+        return
+    for start in range(param_dim, len(param_shape)):
+        for end in range(start + 1, len(param_shape) + 1):
+            if math.prod(param_shape[start:end]) == leaf_shape[leaf_dim]:
+                for rest in _merged_readings(leaf_shape, param_shape, leaf_dim + 1, end):
+                    yield (tuple(range(start, end)),) + rest
+
+
+def _run_spec(run: tuple[int, ...], param_spec: tuple[MeshAxes, ...]) -> MeshAxes:
+    """Mesh axes of param dims `run` merged into one: the outer dim's, if the inner ones are
+    unsharded (row-major merging keeps each device's part contiguous), else none."""
+    if any(param_spec[k] is not None for k in run[1:]):
+        return None
+    return param_spec[run[0]]
 
 
 def _path_str(path: tuple[Any, ...]) -> str:

@@ -205,6 +205,44 @@ def test_equal_dims_keep_only_the_axes_every_reading_agrees_on():
     assert factored.v_col["w"].spec == P(None, None)
 
 
+def test_state_of_params_seen_in_t5x_shapes_takes_the_merged_dims_axes(tiny):
+    from flan_jax.train.optim import factor_like_t5x
+
+    params, axes = tiny
+    mesh = abstract_mesh((2, 2, 2))
+    shardings = par.param_shardings(params, axes, par.DEFAULT_RULES, mesh)
+    q, o = "encoder/layers/0/self_attn/q", "encoder/layers/0/self_attn/o"
+    assert flat(shardings)[o].spec == P("model", None, "fsdp")  # [heads 4, kv 16, embed 64]
+    # Unfactored (dims < 128): v is the whole [embed, heads * kv] view.
+    opt = factor_like_t5x(optax.adafactor(1e-3), axes)
+    abstract_state = jax.eval_shape(opt.init, params)
+    state, shapes = flat(par.optimizer_state_shardings(abstract_state, params, shardings)), \
+        flat(abstract_state)
+    assert shapes[f"0/v/{q}"].shape == (64, 64) and state[f"0/v/{q}"].spec == P("fsdp", "model")
+    assert shapes[f"0/v/{o}"].shape == (64, 64) and state[f"0/v/{o}"].spec == P("model", "fsdp")
+    # Factored: [32, 4, 16] seen as [32, 64] keeps a (32,) and a (64,) moment; the (64,) one
+    # is heads * kv merged, so it takes the heads' axis (kv is unsharded).
+    w = {"w": jax.ShapeDtypeStruct((32, 4, 16), np.float32)}
+    w_axes = {"w": ("embed", "heads", "kv")}
+    w_shard = par.param_shardings(w, w_axes, par.DEFAULT_RULES, mesh)
+    opt = factor_like_t5x(optax.adafactor(1e-3, min_dim_size_to_factor=8), w_axes)
+    abstract_state = jax.eval_shape(opt.init, w)
+    factored = par.optimizer_state_shardings(abstract_state, w, w_shard)[0]
+    assert abstract_state[0].v_row["w"].shape == (32,) and factored.v_row["w"].spec == P("fsdp")
+    assert abstract_state[0].v_col["w"].shape == (64,) and factored.v_col["w"].spec == P("model")
+
+
+def test_a_merged_dim_with_a_sharded_inner_dim_is_replicated():
+    mesh = abstract_mesh((1, 2, 2))
+    params = {"w": jax.ShapeDtypeStruct((8, 4, 6), np.float32)}
+    shardings = {"w": jax.sharding.NamedSharding(mesh, P("fsdp", "model", None))}
+    state = {"a": {"w": jax.ShapeDtypeStruct((8, 24), np.float32)},  # 24 = 4 (model) x 6
+             "b": {"w": jax.ShapeDtypeStruct((32, 6), np.float32)}}  # 32 = 8 x 4 (model)
+    got = par.optimizer_state_shardings(state, params, shardings)
+    assert got["a"]["w"].spec == P("fsdp", "model")
+    assert got["b"]["w"].spec == P(None, None)  # fsdp-then-model blocks aren't contiguous
+
+
 # --- mesh config and gin -----------------------------------------------------------------------
 
 
