@@ -71,13 +71,14 @@ def flan_jax_train_step(cfg, batch: int, inputs: int, targets: int, steps: int,
     import jax
     from flax import nnx
 
-    from flan_jax.model import create_model
+    from flan_jax.model import create_model, param_axes, params_of
     from flan_jax.train.optim import learning_rate_schedule, make_optimizer
     from flan_jax.train.step import LossConfig, init_state, train_step
 
-    graphdef, params = nnx.split(create_model(cfg, seed=0))
+    model = create_model(cfg, seed=0)
+    graphdef, params = nnx.graphdef(model), params_of(model)
     optimizer = make_optimizer("adafactor", schedule=learning_rate_schedule(
-        "constant", learning_rate=1e-3))
+        "constant", learning_rate=1e-3), param_axes=param_axes(model))
     step = jax.jit(functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                                      loss_cfg=LossConfig(z_loss=1e-4)), donate_argnums=0)
     data = _batch(cfg, batch, inputs, targets)

@@ -210,6 +210,7 @@ def _plan(args: argparse.Namespace) -> int:
     from flan_jax import parallel
     from flan_jax import plan as plan_lib
     from flan_jax.model.gin_config import model_config
+    from flan_jax.model.params import abstract_model, param_axes
     from flan_jax.train.data import DataConfig
     from flan_jax.train.optim import learning_rate_schedule, make_optimizer
 
@@ -223,9 +224,10 @@ def _plan(args: argparse.Namespace) -> int:
     except ValueError:
         microbatches = 1
     cfg = model_config()
+    optimizer = make_optimizer(schedule=learning_rate_schedule(),
+                               param_axes=param_axes(abstract_model(cfg)))
     result = plan_lib.plan(
-        cfg, parallel.MeshConfig(), parallel.logical_axis_rules(),
-        make_optimizer(schedule=learning_rate_schedule()), optimizer_name,
+        cfg, parallel.MeshConfig(), parallel.logical_axis_rules(), optimizer, optimizer_name,
         devices=args.devices, num_slices=args.slices, batch_size=data.batch_size,
         input_len=data.task_feature_lengths["inputs"],
         target_len=data.task_feature_lengths["targets"], microbatches=microbatches)

@@ -49,7 +49,10 @@ class MemoryPlan:
 def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRules,
          optimizer, optimizer_name: str, *, devices: int, num_slices: int = 1,
          batch_size: int, input_len: int, target_len: int, microbatches: int = 1) -> MemoryPlan:
-    """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`."""
+    """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`.
+
+    Build `optimizer` as the run does (`make_optimizer(param_axes=...)`): Adafactor's state
+    depends on the shapes it sees each param in."""
     from flan_jax.model.params import abstract_model, param_axes, params_of
 
     shape = mesh_cfg.shape(devices, num_slices)

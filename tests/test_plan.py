@@ -2,6 +2,7 @@
 Adafactor's factored state is far smaller than AdamW's, activations follow the batch."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -85,3 +86,61 @@ def test_plan_command_for_xxl_on_a_v4_64(tmp_path):
     assert abs(out["params"] * 32 / out["param_bytes_total"] - 1) < 0.01
     assert out["total"] == out["params"] + out["optimizer"] + out["gradients"] \
         + out["activations"]
+
+
+def param_shapes(cfg, t5x=True):
+    """Every param of a T5 1.1 preset, listed from the architecture: attention kernels in
+    t5x's layout ([embed, joined_kv], [joined_kv, embed]) or ours ([embed, heads, kv], ...)."""
+    d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff
+    joined = (inner,) if t5x else (cfg.num_heads, cfg.head_dim)
+    attention = [(d, *joined)] * 3 + [(*joined, d)]  # q k v, o
+    mlp = [(d, ff), (d, ff), (ff, d)]  # wi_0 wi_1 wo
+    enc_layer = attention + mlp + [(d,)] * 2
+    dec_layer = attention * 2 + mlp + [(d,)] * 3
+    return ([(cfg.vocab_size, d), (d, cfg.vocab_size), (d,), (d,)]  # embedding, logits, norms
+            + [(cfg.num_heads, cfg.relative_attention_num_buckets)] * 2
+            + enc_layer * cfg.num_encoder_layers + dec_layer * cfg.num_decoder_layers)
+
+
+def adafactor_state_bytes(shapes):
+    """optax.adafactor's f32 state: factored (row + column means, and a (1,) placeholder)
+    where the two largest dims are >= 128, else a full second moment and two (1,)
+    placeholders; plus its step count and the schedule's (int32)."""
+    total = 4 + 4
+    for shape in shapes:
+        big = sorted(shape)[-2:]
+        if len(shape) >= 2 and big[0] >= 128:
+            total += 4 * (math.prod(shape) // big[0] + math.prod(shape) // big[1] + 1)
+        else:
+            total += 4 * (math.prod(shape) + 2)
+    return total
+
+
+def test_adafactor_state_in_t5x_shapes_is_factored_for_t5_1_1_small():
+    from flan_jax.model import param_axes
+    from flan_jax.model.params import abstract_model
+    from flan_jax.train.optim import make_optimizer
+
+    cfg = get_config("t5_1_1-small")
+    shapes = param_shapes(cfg)
+    assert sum(math.prod(s) for s in shapes) == hand_count(cfg)
+    axes = param_axes(abstract_model(cfg))
+    got = {}
+    for like_t5x in (True, False):
+        opt = make_optimizer("adafactor", schedule=optax.constant_schedule(1e-3),
+                             param_axes=axes, adafactor_factor_like_t5x=like_t5x)
+        got[like_t5x] = plan(cfg, parallel.MeshConfig(data=1), RULES, opt, "adafactor",
+                             devices=1, batch_size=8, input_len=64, target_len=16).optimizer
+    assert got[True] == adafactor_state_bytes(shapes)
+    # Seen as stored, [512, 6 heads, 64] attention kernels are not factored (64 < 128).
+    assert got[False] == adafactor_state_bytes(param_shapes(cfg, t5x=False))
+    assert got[True] < 0.02 * got[False]  # 76 MB -> 1 MB
+
+
+def test_plan_command_counts_the_t5x_shaped_state():
+    proc = subprocess.run(
+        [sys.executable, "-m", "flan_jax", "plan", "--gin_file=models/t5_1_1_small.gin",
+         "--devices", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = get_config("t5_1_1-small")
+    assert json.loads(proc.stdout)["optimizer"] == adafactor_state_bytes(param_shapes(cfg))

@@ -76,23 +76,25 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             f"train.model_dir={model_dir!r}: URLs (gs://, s3://) are not supported yet; mount "
             "the bucket on every host (e.g. gcsfuse, see docs/tpu_pods.md) and give its path")
     model_dir = Path(model_dir)
-    # Everything gin describes is built first, so a bad binding fails before any work.
+    # Everything gin describes is built first, so a bad binding fails before any work (the
+    # optimizer as soon as the model's logical axes are known: Adafactor needs them).
     data_cfg, loss_cfg = data_lib.DataConfig(), LossConfig()
     eval_cfg = eval_lib.EvalConfig()
     mesh = parallel.make_mesh(parallel.MeshConfig())
     rules = parallel.logical_axis_rules()
     schedule = learning_rate_schedule()
-    optimizer = make_optimizer(schedule=schedule)
     cfg, init_params = _model(init_from)
+    abstract = abstract_model(cfg)
+    axes = param_axes(abstract)
+    optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
 
     model_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (model_dir / "config.gin").write_text(gin.operative_config_str() or gin.config_str())
 
-    abstract = abstract_model(cfg)
     graphdef = _graphdef(abstract)
     abstract_params = params_of(abstract)
-    p_shard = parallel.param_shardings(abstract_params, param_axes(abstract), rules, mesh)
+    p_shard = parallel.param_shardings(abstract_params, axes, rules, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
     rep = parallel.replicated(mesh)

@@ -202,6 +202,25 @@ def test_restore_into_named_sharding(tmp_path):
     assert_same(restored, state)
 
 
+def test_round_trip_of_adafactor_state_in_t5x_shapes(tmp_path):
+    import optax
+
+    from flan_jax.train.optim import make_optimizer
+
+    axes = {"q": ("embed", "heads", "kv"), "scale": ("embed",)}
+    params = {"q": jnp.ones((128, 4, 32)), "scale": jnp.ones((128,))}
+    opt = make_optimizer("adafactor", schedule=optax.constant_schedule(1e-3), param_axes=axes)
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(0), x.shape), params)
+    _, opt_state = opt.update(grads, opt.init(params), params)
+    assert optax.tree_utils.tree_get(opt_state, "v_row")["q"].shape == (128,)  # factored
+    state = {"step": jnp.int32(1), "params": params, "opt_state": opt_state}
+    with Checkpointer(tmp_path, save_every=1, keep=1) as ckpt:
+        ckpt.save(1, state, {"batches": 1})
+        ckpt.wait()
+        _, restored, _ = ckpt.restore(abstract(state))
+    assert_same(restored, state)
+
+
 RESHARD_CHILD = """
 import sys
 import jax, jax.numpy as jnp, numpy as np

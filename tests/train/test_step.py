@@ -11,7 +11,7 @@ from flax import nnx
 
 from flan_jax.model.config import get_config
 from flan_jax.model.losses import mean_cross_entropy
-from flan_jax.model.params import create_model, params_of
+from flan_jax.model.params import create_model, param_axes, params_of
 from flan_jax.train import optim
 from flan_jax.train.step import LossConfig, init_state, token_losses, train_step
 
@@ -121,7 +121,8 @@ def test_dropout_is_keyed_by_seed_and_step():
 def test_each_optimizer_fits_a_fixed_batch(name):
     schedule = optim.learning_rate_schedule("constant", learning_rate=1e-2 if name == "adamw"
                                             else 3e-2)
-    opt = optim.make_optimizer(name, schedule=schedule, clip_grad_norm=1.0)
+    opt = optim.make_optimizer(name, schedule=schedule, clip_grad_norm=1.0,
+                               param_axes=param_axes(create_model(CFG)))
     _, history, _ = _run(LossConfig(), opt=opt, steps=30)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert all(np.isfinite(m["loss"]) for m in history)
