@@ -53,6 +53,23 @@ METADATA = "metadata"
 DAMAGED_SUFFIX = ".damaged"
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's arrays have other shapes than the state being restored.
+
+    `mismatches`: (path, stored shape, expected shape) for every differing array; paths as
+    "opt_state/0/v/encoder/..."."""
+
+    def __init__(self, message: str, mismatches: list[tuple[str, tuple, tuple]]) -> None:
+        super().__init__(message)
+        self.mismatches = mismatches
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+    """"a/0/b": the same for orbax's stored tree (dicts, lists) and the state's (dicts,
+    tuples, named tuples)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 class Checkpointer:
     """An orbax `CheckpointManager` for train state + data position, keeping the last `keep`.
 
@@ -162,6 +179,9 @@ class Checkpointer:
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         self._manager.wait_until_finished()
         self._manager.reload()  # the directory may have changed since we opened it
+        newest = step if step is not None else self._manager.latest_step()
+        if newest is not None:
+            self._check_shapes(newest, abstract_state)
         if step is not None:
             try:
                 return (step, *self._restore_step(step, abstract_state))
@@ -224,6 +244,35 @@ class Checkpointer:
         self._stop.set()  # nothing else here: no I/O, no locks, no saving
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Raises CheckpointMismatchError if `step` stores an array under the same name as
+        the state's but of another shape: written by another model or optimizer setup, so
+        not damage (no older step is tried, nothing is moved). Unreadable metadata is left
+        to the restore to report."""
+        try:
+            handler = ocp.StandardCheckpointHandler()
+            try:
+                stored = handler.metadata(self._step_dir(step) / STATE)
+            finally:
+                handler.close()
+            stored_shapes = {_path_str(path): tuple(leaf.shape) for path, leaf
+                             in jax.tree_util.tree_flatten_with_path(stored)[0]
+                             if getattr(leaf, "shape", None) is not None}
+        except Exception:  # noqa: BLE001 (orbax/tensorstore raise many types)
+            return
+        mismatches = []
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+            name = _path_str(path)
+            if name in stored_shapes and stored_shapes[name] != tuple(leaf.shape):
+                mismatches.append((name, stored_shapes[name], tuple(leaf.shape)))
+        if mismatches:
+            shown = "; ".join(f"{name}: stored {have}, this run's {want}"
+                              for name, have, want in mismatches[:3])
+            more = f" (and {len(mismatches) - 3} more)" if len(mismatches) > 3 else ""
+            raise CheckpointMismatchError(
+                f"{self._step_dir(step)}: was written with another model or optimizer setup "
+                f"than this run's (nothing on disk was changed): {shown}{more}", mismatches)
 
     def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{

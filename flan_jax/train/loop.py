@@ -32,7 +32,7 @@ from flan_jax.model.gin_config import model_config
 from flan_jax.model.params import abstract_model, create_model, param_axes, params_of
 from flan_jax.train import data as data_lib
 from flan_jax.train import evaluate as eval_lib
-from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from flan_jax.train.metrics import MetricsWriter, ProgressBar, Throughput
 from flan_jax.train.optim import learning_rate_schedule, make_optimizer
 from flan_jax.train.step import LossConfig, TrainState, init_state, train_step
@@ -89,8 +89,6 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (model_dir / "config.gin").write_text(gin.operative_config_str() or gin.config_str())
 
     graphdef = _graphdef(abstract)
     abstract_params = params_of(abstract)
@@ -111,10 +109,17 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
 
     ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
                         keep=keep_checkpoints)
-    start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
-                                            state_shard)
-    batches_drawn = (data_lib.check_position(position, data_cfg, jax.process_count())
-                     if position else 0)
+    try:
+        start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
+                                                state_shard)
+        batches_drawn = (data_lib.check_position(position, data_cfg, jax.process_count())
+                         if position else 0)
+    except BaseException:
+        ckpt.close()  # (its background threads would otherwise outlive the error noisily)
+        raise
+    # Only now: a resume refused for other settings keeps the config.gin that wrote the run.
+    if jax.process_index() == 0:
+        (model_dir / "config.gin").write_text(gin.operative_config_str() or gin.config_str())
     if start >= total_steps:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
 
@@ -230,9 +235,26 @@ def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_params: An
         return 0, make(), None
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(fresh), state_shard)
-    step, restored, position = ckpt.restore(abstract.as_dict())
+    try:
+        step, restored, position = ckpt.restore(abstract.as_dict())
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{e}\n{_mismatch_hint(e, ckpt.directory.parent)}",
+                                      e.mismatches) from None
     log.info("resumed from %s at step %d", ckpt.directory / str(step), step)
     return step, TrainState.from_dict(restored), position
+
+
+def _mismatch_hint(error: CheckpointMismatchError, model_dir: Path) -> str:
+    """Which gin setting most likely differs from the run that wrote the checkpoint."""
+    if all(name.startswith("opt_state/") and math.prod(have) == math.prod(want)
+           for name, have, want in error.mismatches):
+        stored_3d = all(len(have) > len(want) for _, have, want in error.mismatches)
+        return ("Only the optimizer state's layout differs: the checkpoint's Adafactor saw "
+                f"attention kernels {'as stored' if stored_3d else 'in t5x 2-D shapes'}. "
+                "Resume with --gin.make_optimizer.adafactor_factor_like_t5x="
+                f"{not stored_3d} (the setting that wrote it).")
+    return (f"Resume with the model and optimizer bindings of {model_dir / 'config.gin'} "
+            "(saved by the run that wrote it), or train in a fresh model_dir.")
 
 
 def _check_finite(fetched: list[tuple[int, dict[str, Any]]], ckpt: Checkpointer,

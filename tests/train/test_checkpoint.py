@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flan_jax.model.convert import CheckpointError
-from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 
 REPO = Path(__file__).resolve().parents[2]
 # A failed orbax restore leaves its other reads as never-awaited coroutines, which Python
@@ -180,9 +180,16 @@ def test_wrong_abstract_state_renames_nothing(tmp_path, collect_failed_reads):
         wrong = abstract(make_state(0))
         wrong["params"]["w"] = jax.ShapeDtypeStruct((9, 16), jnp.float32,
                                                     sharding=wrong["params"]["w"].sharding)
-        with pytest.raises(CheckpointError, match="none of the 2"):
+        with pytest.raises(CheckpointMismatchError) as err:
             ckpt.restore(wrong)
+        # Not damage: the newest step is named, no older one is tried, nothing is moved.
+        assert str(err.value).startswith(f"{tmp_path / '2'}: was written with another")
+        assert "params/w: stored (8, 16), this run's (9, 16)" in str(err.value)
+        assert err.value.mismatches == [("params/w", (8, 16), (9, 16))]
+        with pytest.raises(CheckpointMismatchError, match=f"{tmp_path / '1'}: "):
+            ckpt.restore(wrong, step=1)
         assert ckpt.all_steps() == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name[0].isdigit()) == ["1", "2"]
 
 
 def test_restore_into_named_sharding(tmp_path):
@@ -225,7 +232,7 @@ RESHARD_CHILD = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 assert jax.device_count() == 2, jax.devices()
 mesh = Mesh(np.array(jax.devices()), ("data",))
 x = jax.device_put(jnp.arange(32.0).reshape(4, 8), NamedSharding(mesh, P("data", None)))
@@ -277,7 +284,7 @@ BIG = 25_000_000  # float32s: 100 MB, about 0.6 s to save here (0.5 s of it comp
 KILL_CHILD = """
 import sys
 import jax
-from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 directory, n = sys.argv[1], int(sys.argv[2])
 ckpt = Checkpointer(directory, save_every=1, keep=3, async_save=True)
 for step in (1, 2):
@@ -349,7 +356,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path, min_bytes):
 SIGTERM_CHILD = """
 import sys, signal, time
 import jax.numpy as jnp
-from flan_jax.train.checkpoint import Checkpointer
+from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 with Checkpointer(sys.argv[1], save_every=1000, keep=2) as ckpt:
     ckpt.install_sigterm_handler()
     for step in range(1, 100_000):

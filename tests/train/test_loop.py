@@ -3,6 +3,7 @@ checkpoints on disk. Resume after SIGKILL is exact; 8 devices match 1; bad confi
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
     assert sorted(got) == list(range(1, 13))
     for step in range(1, 13):
         assert got[step] == pytest.approx(want[step], rel=1e-6), step
+
+
+def test_resuming_with_another_optimizer_layout_is_refused_naming_the_binding(straight_run,
+                                                                              tmp_path):
+    """A run written with Adafactor in t5x's shapes (the default), resumed with the old layout:
+    refused before any work, naming the binding that wrote it; nothing on disk changes."""
+    d = tmp_path / "run"
+    shutil.copytree(straight_run[0], d)
+    config = (d / "config.gin").read_text()
+    proc = _cli(*_train_args(d, 18, 6, ["--gin.make_optimizer.adafactor_factor_like_t5x=False"]))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{d / 'checkpoints' / '12'}: was written with another" in proc.stderr
+    assert "--gin.make_optimizer.adafactor_factor_like_t5x=True" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["12", "6"]
+    assert (d / "config.gin").read_text() == config
+    assert max(_losses(d)) == 12
 
 
 def test_rerunning_a_finished_run_does_nothing(straight_run):
