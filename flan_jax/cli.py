@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flan-jax: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    if args.command in ("show", "export", "train", "eval", "infer"):
+    if args.command in ("show", "export", "train", "eval", "infer", "plan"):
         from absl import logging as absl_logging
 
         from flan_jax.quiet import import_tensorflow

@@ -80,6 +80,7 @@ def test_plan_command_for_xxl_on_a_v4_64(tmp_path):
          "--gin_file=mesh/fsdp.gin", "--gin.DataConfig.batch_size=64", "--devices", "32",
          "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "oneDNN" not in proc.stderr and "cuda" not in proc.stderr  # no TF start-up banner
     out = json.loads(proc.stdout)
     assert out["param_count"] == 11_135_332_352  # google/flan-t5-xxl
     assert out["mesh"] == {"data": 1, "fsdp": 32, "model": 1}
