@@ -175,6 +175,8 @@ class Checkpointer:
         logged as a warning, renamed to `<step>.damaged-<time>` once an older one restored
         (so the run can write that step again; nothing is deleted) and the next older one
         is tried. If none restores, `CheckpointError` lists every step and its error.
+        Arrays of other shapes than `abstract_state`'s in the newest (or given) step are no
+        damage but another setup: `CheckpointMismatchError` at once, nothing renamed.
         """
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         self._manager.wait_until_finished()
