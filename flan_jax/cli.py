@@ -224,13 +224,14 @@ def _plan(args: argparse.Namespace) -> int:
     except ValueError:
         microbatches = 1
     cfg = model_config()
-    optimizer = make_optimizer(schedule=learning_rate_schedule(),
-                               param_axes=param_axes(abstract_model(cfg)))
+    model = abstract_model(cfg)
+    optimizer = make_optimizer(schedule=learning_rate_schedule(), param_axes=param_axes(model))
     result = plan_lib.plan(
         cfg, parallel.MeshConfig(), parallel.logical_axis_rules(), optimizer, optimizer_name,
         devices=args.devices, num_slices=args.slices, batch_size=data.batch_size,
         input_len=data.task_feature_lengths["inputs"],
-        target_len=data.task_feature_lengths["targets"], microbatches=microbatches)
+        target_len=data.task_feature_lengths["targets"], microbatches=microbatches,
+        model=model)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -48,16 +48,18 @@ class MemoryPlan:
 
 def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRules,
          optimizer, optimizer_name: str, *, devices: int, num_slices: int = 1,
-         batch_size: int, input_len: int, target_len: int, microbatches: int = 1) -> MemoryPlan:
+         batch_size: int, input_len: int, target_len: int, microbatches: int = 1,
+         model: Any = None) -> MemoryPlan:
     """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`.
 
     Build `optimizer` as the run does (`make_optimizer(param_axes=...)`): Adafactor's state
-    depends on the shapes it sees each param in."""
+    depends on the shapes it sees each param in. `model`: `abstract_model(cfg)` if the
+    caller has it already (building it takes seconds for the largest presets)."""
     from flan_jax.model.params import abstract_model, param_axes, params_of
 
     shape = mesh_cfg.shape(devices, num_slices)
     mesh = AbstractMesh(shape, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
-    model = abstract_model(cfg)
+    model = abstract_model(cfg) if model is None else model
     abstract_params = params_of(model)
     p_shard = parallel.param_shardings(abstract_params, param_axes(model), rules, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)

@@ -7,6 +7,8 @@ names onto a device mesh, so nothing here mentions devices.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -18,10 +20,30 @@ from flan_jax.model.config import T5Config
 Initializer = nnx.initializers.Initializer
 
 
+_SHAPES_ONLY = contextvars.ContextVar("flan_jax_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Modules built inside hold `jax.ShapeDtypeStruct`s instead of initialised arrays.
+
+    What `nnx.eval_shape` gives, without tracing the constructor: under a trace every
+    `rngs.params()` makes flax ask a tracer for `.sharding`, and the error message JAX builds
+    for that walks the whole trace, so tracing a model costs time quadratic in its size
+    (seconds for XL / XXL)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
+
+
 def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], dtype: jnp.dtype,
           axes: tuple[str, ...]) -> nnx.Param:
     """A parameter tagged with its logical axis names (one per dimension)."""
     assert len(axes) == len(shape), (shape, axes)
+    if _SHAPES_ONLY.get():
+        return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype), logical_axes=axes)
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from flan_jax.model.config import T5Config
+from flan_jax.model.layers import shapes_only
 from flan_jax.model.t5 import T5
 
 Params = dict[str, Any]
@@ -24,8 +25,10 @@ def create_model(cfg: T5Config, seed: int = 0) -> T5:
 
 
 def abstract_model(cfg: T5Config) -> T5:
-    """Shapes and dtypes only; nothing is allocated."""
-    return nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(params=0)))
+    """Shapes and dtypes only; nothing is allocated (what `nnx.eval_shape` of `create_model`
+    gives, built without tracing: see `layers.shapes_only`)."""
+    with shapes_only():
+        return T5(cfg, rngs=nnx.Rngs(params=0))
 
 
 def params_of(model: T5) -> Params:

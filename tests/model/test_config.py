@@ -48,3 +48,28 @@ def test_overrides_and_errors():
     with pytest.raises(ValueError, match="param_dtype='float33'"):
         T5Config(param_dtype="float33")
     assert T5Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["t5_1_0-small", "flan_t5-base"])
+def test_abstract_model_is_what_eval_shape_of_the_constructor_gives(name):
+    """abstract_model builds without tracing (layers.shapes_only); the result must be the
+    same module as nnx.eval_shape's: graph, leaves (ShapeDtypeStructs) and logical axes."""
+    from flax import nnx
+
+    from flan_jax.model import create_model, param_axes
+    from flan_jax.model.layers import shapes_only
+    from flan_jax.model.t5 import T5
+
+    cfg = get_config(name)
+    got = abstract_model(cfg)
+    want = nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(params=0)))
+    (got_def, got_state), (want_def, want_state) = nnx.split(got), nnx.split(want)
+    assert got_def == want_def
+    got_leaves = jax.tree_util.tree_leaves_with_path(got_state)
+    assert got_leaves == jax.tree_util.tree_leaves_with_path(want_state)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for _, x in got_leaves)
+    assert param_axes(got) == param_axes(want)
+    with shapes_only():
+        pass
+    tiny = create_model(get_config("tiny"))  # the switch is off again: real arrays
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params_of(tiny)))
