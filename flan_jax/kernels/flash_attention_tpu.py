@@ -195,14 +195,29 @@ def _call(cfg, kernel, grid, in_specs, out_specs, out_shape, semantics, scratch)
 # axis, carried in VMEM scratch, read and written at its first / last step.
 
 
-def _q_major_specs(cfg, d):
+def _q_major(b, h, i, j):
+    """Grid ids -> (batch, head, query block, key block) for the (b, h, i, j) grids."""
+    return b, h, i, j
+
+
+def _k_major(h, b, j, i):
+    """The same for dk / dv's (h, b, j, i) grid."""
+    return b, h, i, j
+
+
+def _specs(cfg, d, order):
+    """BlockSpecs of a query-side block, a key-side block, query-side and key-side ids /
+    positions, and a row statistic, on a grid whose ids `order` names."""
     bsz = cfg.block
-    q_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i, j: (b, h, i, 0))
-    k_spec = pl.BlockSpec((None, None, bsz, d), lambda b, h, i, j: (b, h, j, 0))
-    qs_spec = pl.BlockSpec((None, bsz, 1), lambda b, h, i, j: (b, i, 0))
-    ks_spec = pl.BlockSpec((None, 1, bsz), lambda b, h, i, j: (b, 0, j))
-    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda b, h, i, j: (b, h, i, 0))
-    return q_spec, k_spec, qs_spec, ks_spec, row_spec
+
+    def spec(shape, index):
+        return pl.BlockSpec(shape, lambda *ids: index(*order(*ids)))
+
+    return (spec((None, None, bsz, d), lambda b, h, i, j: (b, h, i, 0)),
+            spec((None, None, bsz, d), lambda b, h, i, j: (b, h, j, 0)),
+            spec((None, bsz, 1), lambda b, h, i, j: (b, i, 0)),
+            spec((None, 1, bsz), lambda b, h, i, j: (b, 0, j)),
+            spec((None, None, bsz, 1), lambda b, h, i, j: (b, h, i, 0)))
 
 
 def _table_spec(table, head_axis):
@@ -216,7 +231,7 @@ _Q_MAJOR = ("parallel", "parallel", "parallel", "arbitrary")
 
 def _forward(cfg, q, k, v, table, qseg, kseg, qpos, kpos):
     b, h, lq, d = q.shape
-    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_major_specs(cfg, d)
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _specs(cfg, d, _q_major)
     row = jax.ShapeDtypeStruct((b, h, lq, 1), jnp.float32)
     bsz = cfg.block
     return _call(
@@ -261,7 +276,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref
 
 def _backward_dq(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta):
     b, h, lq, d = q.shape
-    q_spec, k_spec, qs_spec, ks_spec, row_spec = _q_major_specs(cfg, d)
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _specs(cfg, d, _q_major)
     return _call(
         cfg, _dq_kernel, (b, h, cfg.nq, cfg.nk),
         [q_spec, k_spec, k_spec, _table_spec(table, 1), qs_spec, ks_spec, qs_spec, ks_spec,
@@ -301,12 +316,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, table_ref, qseg_ref, kseg_ref, qpos_ref, kpo
 
 def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta):
     b, h, lq, d = q.shape
-    bsz = cfg.block
-    q_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j, i: (b, h, i, 0))
-    k_spec = pl.BlockSpec((None, None, bsz, d), lambda h, b, j, i: (b, h, j, 0))
-    qs_spec = pl.BlockSpec((None, bsz, 1), lambda h, b, j, i: (b, i, 0))
-    ks_spec = pl.BlockSpec((None, 1, bsz), lambda h, b, j, i: (b, 0, j))
-    row_spec = pl.BlockSpec((None, None, bsz, 1), lambda h, b, j, i: (b, h, i, 0))
+    q_spec, k_spec, qs_spec, ks_spec, row_spec = _specs(cfg, d, _k_major)
     out_specs = [k_spec, k_spec]
     out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
     if cfg.has_bias:
@@ -317,7 +327,7 @@ def _backward_dkdv(cfg, q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta):
         [q_spec, k_spec, k_spec, _table_spec(table, 0), qs_spec, ks_spec, qs_spec, ks_spec,
          q_spec, row_spec, row_spec],
         out_specs, out_shape, ("parallel", "arbitrary", "arbitrary", "arbitrary"),
-        [(bsz, d), (bsz, d)],
+        [(cfg.block, d)] * 2,
     )(q, k, v, table, qseg, kseg, qpos, kpos, do, lse, delta)
     if not cfg.has_bias:
         outs = (*outs, jnp.zeros_like(table))

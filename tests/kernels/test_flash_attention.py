@@ -276,6 +276,12 @@ def test_triton_lowering_builds_for_cuda(dtype, head_dim, with_bias, causal):
 
 
 def test_tiny_t5_loss_and_gradients_match_between_pallas_interpret_and_xla(rng, monkeypatch):
+    assert_tiny_t5_matches_xla(rng, monkeypatch, "pallas_interpret")
+
+
+def assert_tiny_t5_matches_xla(rng, monkeypatch, backend):
+    """A whole T5 (packed, padded rows) gives xla's loss and gradients with `backend`
+    (shared with the TPU kernel's tests)."""
     monkeypatch.setattr(attention, "BLOCK_Q", 16)  # several tiles per row
     monkeypatch.setattr(attention, "BLOCK_K", 16)
     cfg = get_config("tiny", vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
@@ -301,7 +307,7 @@ def test_tiny_t5_loss_and_gradients_match_between_pallas_interpret_and_xla(rng, 
             return mean_cross_entropy(logits, targets, weights)
         return jax.value_and_grad(f)(state)
 
-    loss, grads = loss_and_grad("pallas_interpret")
+    loss, grads = loss_and_grad(backend)
     want, want_grads = loss_and_grad("xla")
     assert np.isfinite(float(loss))
     assert abs(float(loss) - float(want)) <= 1e-5 * abs(float(want))

@@ -17,7 +17,8 @@ from flan_jax.model import attention
 from flan_jax.model.attention import relative_bias_vector
 from tests.kernels.test_flash_attention import (_case_inputs, _live_rows, _reference, _rel_err,
                                                 _with_table, assert_dead_rows_are_zero,
-                                                assert_matches_reference, rng)
+                                                assert_matches_reference,
+                                                assert_tiny_t5_matches_xla, rng)
 
 __all__ = ["rng"]  # the fixture
 
@@ -106,42 +107,7 @@ def test_rows_with_nothing_to_attend_output_zero_and_pass_no_gradient(rng):
 
 def test_tiny_t5_loss_and_gradients_match_between_pallas_tpu_interpret_and_xla(rng,
                                                                               monkeypatch):
-    from flax import nnx
-
-    from flan_jax.model import create_model, get_config
-    from flan_jax.model.losses import mean_cross_entropy
-    from tests.kernels.test_flash_attention import _segments
-
-    monkeypatch.setattr(attention, "BLOCK_Q", 16)
-    monkeypatch.setattr(attention, "BLOCK_K", 16)
-    cfg = get_config("tiny", vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
-    seed = int(rng.integers(1 << 30))
-    b, le, ld = 2, 37, 21
-    enc_seg, enc_pos = _segments(rng, b, le, 3, pad=True)
-    dec_seg, dec_pos = _segments(rng, b, ld, 3, pad=True)
-    batch = dict(
-        encoder_input_tokens=jnp.asarray(rng.integers(2, 64, (b, le))) * (enc_seg > 0),
-        decoder_input_tokens=jnp.asarray(rng.integers(2, 64, (b, ld))),
-        encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg,
-        encoder_positions=enc_pos, decoder_positions=dec_pos)
-    targets = jnp.asarray(rng.integers(2, 64, (b, ld)))
-    weights = (dec_seg > 0).astype(jnp.float32)
-
-    def loss_and_grad(backend):
-        graphdef, state = nnx.split(create_model(cfg.replace(attention_backend=backend), seed))
-
-        @jax.jit
-        def f(s):
-            return mean_cross_entropy(nnx.merge(graphdef, s)(**batch), targets, weights)
-        return jax.value_and_grad(f)(state)
-
-    loss, grads = loss_and_grad("pallas_tpu_interpret")
-    want, want_grads = loss_and_grad("xla")
-    assert abs(float(loss) - float(want)) <= 1e-5 * abs(float(want))
-    for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
-        assert _rel_err(got, ref) <= 1e-4
-    for stack in ("encoder", "decoder"):
-        assert float(jnp.abs(grads[stack]["relpos"]["embedding"][...]).sum()) > 0
+    assert_tiny_t5_matches_xla(rng, monkeypatch, "pallas_tpu_interpret")
 
 
 _AOT_SCRIPT = """
