@@ -179,7 +179,7 @@ def param_shardings(abstract_params: Any, axes_tree: Any, rules: LogicalRules,
     def one(path, leaf, axes):
         spec, fell_back = _resolve(tuple(axes), rules, mesh, tuple(leaf.shape))
         for what in fell_back:
-            fallbacks.setdefault(what, []).append(_path_str(path))
+            fallbacks.setdefault(what, []).append(path_str(path))
         return NamedSharding(mesh, spec)
 
     out = jax.tree_util.tree_map_with_path(one, abstract_params, axes_tree)
@@ -385,6 +385,7 @@ def _run_spec(run: tuple[int, ...], param_spec: tuple[MeshAxes, ...]) -> MeshAxe
     return param_spec[run[0]]
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
-    names = (getattr(p, "key", getattr(p, "idx", getattr(p, "name", p))) for p in path)
-    return "/".join(str(n) for n in names)
+def path_str(path: tuple[Any, ...]) -> str:
+    """A tree path as "a/0/b": the same for dicts, lists, tuples and named tuples, so
+    orbax's stored trees and the live state name a leaf alike."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")

@@ -164,7 +164,7 @@ def _flat(tree: Any, shardings: Any):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     sh = jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))
     for (path, leaf), s in zip(leaves, sh):
-        yield parallel._path_str(path), leaf, s  # noqa: SLF001 - same package
+        yield parallel.path_str(path), leaf, s
 
 
 def _sharded_bytes(tree: Any, shardings: Any, mesh: AbstractMesh) -> int:

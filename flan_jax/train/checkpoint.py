@@ -44,6 +44,7 @@ import orbax.checkpoint as ocp
 
 import flan_jax
 from flan_jax.model.convert import CheckpointError
+from flan_jax.parallel import path_str
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,6 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, message: str, mismatches: list[tuple[str, tuple, tuple]]) -> None:
         super().__init__(message)
         self.mismatches = mismatches
-
-
-def _path_str(path: tuple[Any, ...]) -> str:
-    """"a/0/b": the same for orbax's stored tree (dicts, lists) and the state's (dicts,
-    tuples, named tuples)."""
-    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 class Checkpointer:
@@ -258,14 +253,14 @@ class Checkpointer:
                 stored = handler.metadata(self._step_dir(step) / STATE)
             finally:
                 handler.close()
-            stored_shapes = {_path_str(path): tuple(leaf.shape) for path, leaf
+            stored_shapes = {path_str(path): tuple(leaf.shape) for path, leaf
                              in jax.tree_util.tree_flatten_with_path(stored)[0]
                              if getattr(leaf, "shape", None) is not None}
         except Exception:  # noqa: BLE001 (orbax/tensorstore raise many types)
             return
         mismatches = []
         for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-            name = _path_str(path)
+            name = path_str(path)
             if name in stored_shapes and stored_shapes[name] != tuple(leaf.shape):
                 mismatches.append((name, stored_shapes[name], tuple(leaf.shape)))
         if mismatches:
