@@ -1,8 +1,9 @@
-"""Few-shot exemplars: a bounded pool of train examples and a token budget.
+"""Few-shot exemplars: drawn by index from a whole train split, and packed in a token budget.
 
-The pool holds at most `capacity` examples (memory stays flat on any split size). A query
-never gets itself as an exemplar: candidates are compared by content key, so a duplicate of
-the query elsewhere in the data is excluded too (FLAN#19/#31 leak exactly this way).
+`IndexedExemplars` draws from every row of a split with random access (seeded per query);
+`ExemplarPool` holds the first `capacity` examples of a stream, for sources without it.
+A query never gets itself as an exemplar: candidates are compared by content key, so a
+duplicate of the query elsewhere in the data is excluded too (FLAN#19/#31 leak this way).
 """
 
 from __future__ import annotations
@@ -15,6 +16,28 @@ from typing import Any
 from flan_jax.data.formats import FewShotPattern, choose, example_key
 
 Example = Mapping[str, Any]
+
+
+class IndexedExemplars:
+    """Exemplars by index from a whole split: `tries` draws per shot, seeded by the query."""
+
+    def __init__(self, rows: Any, fields: Callable[[Mapping[str, Any]], Example], *,
+                 tries: int = 4):
+        self.rows, self.fields, self.tries = rows, fields, tries
+
+    def candidates(self, seed: int, query_key: str, k: int) -> list[Example]:
+        """Up to k distinct examples of the split other than the query, in a seeded order."""
+        n = len(self.rows)
+        seen, out = {query_key}, []
+        for attempt in range(k * self.tries if n else 0):
+            ex = self.fields(self.rows[choose(seed, query_key, "shot", str(attempt), n=n)])
+            key = example_key(ex)
+            if key not in seen:
+                seen.add(key)
+                out.append(ex)
+                if len(out) == k:
+                    break
+        return out
 
 
 @dataclasses.dataclass

@@ -1,17 +1,24 @@
-"""Raw-example sources: schema-checked JSONL files, as plain iterators and as seqio sources.
+"""Raw-example sources: schema-checked JSONL files and random-access splits, as seqio sources.
 
-A bad row stops the pipeline with `file:line` and what is wrong; nothing is skipped silently
-(`skip_invalid=True` skips bad rows and logs how many, once per file).
+`IndexedSource` is the seqio `DataSource` over `rows.Rows` per split: seqio (tf.data) reads
+it as a stream, the Grain training reader reads the same rows by index through
+`random_access(split)`. A bad row stops the pipeline with `file:line` and what is wrong;
+nothing is skipped silently (`skip_invalid=True` skips bad rows and logs how many, once).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from flan_jax.data.rows import ConcatRows, JsonlRows, Rows, _type_name, parse_row
+from flan_jax.errors import SourceError
+
+__all__ = ["IndexedSource", "SourceError", "indexed_source", "iter_source", "jsonl_source",
+           "python_source", "random_access", "read_jsonl", "validate_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -22,25 +29,6 @@ _TYPES: dict[Any, tuple[str, tuple[int | None, ...]]] = {
     list[float]: ("float32", (None,)),
 }
 Schema = Mapping[str, Any]  # field name -> one of the types above
-
-
-class SourceError(ValueError):
-    """A source row or file that can't be used; the message starts with `file:line`."""
-
-
-def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", None) if not hasattr(t, "__args__") else str(t)
-
-
-def _check(value: Any, want: Any) -> bool:
-    if want is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if want is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hasattr(want, "__args__"):  # list[X]
-        (item,) = want.__args__
-        return isinstance(value, list) and all(_check(v, item) for v in value)
-    return isinstance(value, want)
 
 
 def validate_schema(schema: Schema) -> None:
@@ -61,7 +49,7 @@ def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
         validate_schema(schema)
     skipped = 0
     try:
-        f = path.open(encoding="utf-8")
+        f = path.open("rb")  # bytes: bad UTF-8 is a row error with its line, not a crash
     except OSError as e:
         raise SourceError(f"{path}: cannot open ({e.strerror})") from e
     with f:
@@ -69,7 +57,7 @@ def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
             if not line.strip():
                 continue
             try:
-                row = _parse_row(line, schema)
+                row = parse_row(line, schema)
             except SourceError as e:
                 if not skip_invalid:
                     raise SourceError(f"{path}:{lineno}: {e}") from None
@@ -80,26 +68,33 @@ def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
         log.warning("%s: skipped %d invalid row(s) (skip_invalid=True)", path, skipped)
 
 
-def _parse_row(line: str, schema: Schema | None) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SourceError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise SourceError(f"expected a JSON object, got {type(row).__name__}")
-    if schema is None:
-        return row
-    for name, want in schema.items():
-        if name not in row:
-            raise SourceError(f"missing field {name!r} (the schema needs {sorted(schema)})")
-        if not _check(row[name], want):
-            raise SourceError(f"field {name!r} should be {_type_name(want)}, got "
-                              f"{type(row[name]).__name__} {row[name]!r:.60}")
-    return {name: row[name] for name in schema}
-
-
-_CHUNK = 64  # examples per from_generator call in python_source
+_CHUNK = 64  # examples per from_generator call
 Generate = Callable[[str, bool, "int | None"], Iterator[dict[str, Any]]]
+
+
+def _tf_dataset(generate: Callable[[], Iterator[dict[str, Any]]], signature: Mapping[str, Any]):
+    """tf.data over a Python generator of example dicts, in chunks where features are scalar.
+
+    from_generator's per-call cost is far above rendering one example (measured: chunks make
+    the packed mixture 1.7-2.4x faster); ragged features cross one example per call.
+    """
+    import tensorflow as tf
+
+    if not all(len(spec.shape) == 0 for spec in signature.values()):
+        return tf.data.Dataset.from_generator(generate, output_signature=dict(signature))
+
+    def chunks() -> Iterator[dict[str, list[Any]]]:
+        buf: list[dict[str, Any]] = []
+        for ex in generate():
+            buf.append(ex)
+            if len(buf) == _CHUNK:
+                yield {k: [e[k] for e in buf] for k in signature}
+                buf = []
+        if buf:
+            yield {k: [e[k] for e in buf] for k in signature}
+
+    chunked = {k: tf.TensorSpec((None,), spec.dtype) for k, spec in signature.items()}
+    return tf.data.Dataset.from_generator(chunks, output_signature=chunked).unbatch()
 
 
 def python_source(generate: Generate, signature: Mapping[str, Any], splits: Sequence[str],
@@ -108,13 +103,10 @@ def python_source(generate: Generate, signature: Mapping[str, Any], splits: Sequ
     """A seqio source over `generate(split, shuffle, seed)`, a generator of example dicts.
 
     `num_input_examples` is a dict of counts or a function asked on demand (None: unknown).
-
-    seqio reads it through `tf.data.Dataset.from_generator`; Python consumers (exemplar
-    pools, renderers feeding renderers, `flan-jax export`) call `iter_examples` and skip
-    tf.data, which costs more than the rendering itself.
+    Such a source has no random access: the Grain reader can't read it (use `IndexedSource`
+    or `flan-jax prepare`). Python consumers call `iter_examples` and skip tf.data.
     """
     import seqio
-    import tensorflow as tf
 
     class PythonSource(seqio.FunctionDataSource):
         def iter_examples(self, split: str, shuffle: bool = False,
@@ -130,35 +122,27 @@ def python_source(generate: Generate, signature: Mapping[str, Any], splits: Sequ
 
     count = num_input_examples
 
-    scalar = all(len(spec.shape) == 0 for spec in signature.values())
-
-    def chunks(split: str, shuffle: bool, seed: int | None) -> Iterator[dict[str, list[Any]]]:
-        buf: list[dict[str, Any]] = []
-        for ex in generate(split, shuffle, seed):
-            buf.append(ex)
-            if len(buf) == _CHUNK:
-                yield {k: [e[k] for e in buf] for k in signature}
-                buf = []
-        if buf:
-            yield {k: [e[k] for e in buf] for k in signature}
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        if not scalar:  # ragged features: one example per call
-            return tf.data.Dataset.from_generator(lambda: generate(split, shuffle_files, seed),
-                                                  output_signature=dict(signature))
-        # Scalar features cross into TF in chunks: from_generator's per-call cost is far
-        # above rendering one example (measured: 1.7-2.4x the packed mixture's rate).
-        chunked = {k: tf.TensorSpec((None,), spec.dtype) for k, spec in signature.items()}
-        return tf.data.Dataset.from_generator(lambda: chunks(split, shuffle_files, seed),
-                                              output_signature=chunked).unbatch()
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        return _tf_dataset(lambda: generate(split, shuffle_files, seed), signature)
 
     counts = dict(num_input_examples) if isinstance(num_input_examples, Mapping) else None
     return PythonSource(dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=counts)
 
 
+def indexed_source(split_rows: Mapping[str, Rows], signature: Mapping[str, Any]):
+    """An `IndexedSource` (a seqio DataSource with random access) over rows per split."""
+    return _indexed_source_class()(split_rows, signature)
+
+
+def random_access(source: Any, split: str) -> Rows | None:
+    """The split's rows by index if the source offers them (flan-jax sources do), else None."""
+    get = getattr(source, "random_access", None)
+    return get(split) if get is not None else None
+
+
 def iter_source(source, split: str, *, shuffle: bool = False,
                 seed: int | None = None) -> Iterator[Mapping[str, Any]]:
-    """Examples of any seqio source in Python: directly for python_source, else via tf.data."""
+    """Examples of any seqio source in Python: directly for flan-jax sources, else tf.data."""
     if hasattr(source, "iter_examples"):
         return source.iter_examples(split, shuffle=shuffle, seed=seed)
     return source.get_dataset(split, shuffle=shuffle, seed=seed).as_numpy_iterator()
@@ -166,9 +150,11 @@ def iter_source(source, split: str, *, shuffle: bool = False,
 
 def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
                  schema: Schema, *, skip_invalid: bool = False):
-    """A `seqio.FunctionDataSource` over JSONL files per split, typed by `schema`.
+    """An `IndexedSource` over JSONL files per split, typed by `schema`.
 
-    Rows are validated as they stream; a bad row fails the pipeline with its `file:line`.
+    Each file gets a line-offset index on first use (one pass); rows are validated as they
+    are read, and a bad row fails with its `file:line`. It counts its rows, so
+    `mixing.task_rates` needs no `sizes=`.
     """
     import tensorflow as tf
 
@@ -181,12 +167,63 @@ def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str
                 raise SourceError(f"{p}: no such file (split {split!r})")
     signature = {name: tf.TensorSpec(shape=_TYPES[t][1], dtype=_TYPES[t][0])
                  for name, t in schema.items()}
+    rows = {split: (JsonlRows(ps[0], schema, skip_invalid=skip_invalid) if len(ps) == 1 else
+                    ConcatRows([JsonlRows(p, schema, skip_invalid=skip_invalid) for p in ps]))
+            for split, ps in files.items()}
+    return indexed_source(rows, signature)
 
-    def rows(split: str, shuffle: bool, seed: int | None) -> Iterator[dict[str, Any]]:
-        del shuffle, seed  # files are read in order; seqio's buffer shuffles examples
-        if split not in files:
-            raise SourceError(f"split {split!r} has no JSONL files (have {sorted(files)})")
-        for p in files[split]:
-            yield from read_jsonl(p, schema, skip_invalid=skip_invalid)
 
-    return python_source(rows, signature, sorted(files))
+_INDEXED = None
+
+
+def _indexed_source_class():
+    """`IndexedSource`, defined on first use: seqio (and TF) load only when a source is made."""
+    global _INDEXED
+    if _INDEXED is not None:
+        return _INDEXED
+    import seqio
+
+    class IndexedSource(seqio.DataSource):
+        """Rows per split, as a seqio source (tf.data, in order; seqio shuffles) and by index.
+
+        `shard_info` gives shard i every n-th row, as seqio's file sharding would.
+        """
+
+        def __init__(self, split_rows: Mapping[str, Rows], signature: Mapping[str, Any]):
+            self.split_rows = dict(split_rows)
+            self.signature = dict(signature)
+            super().__init__(splits=tuple(self.split_rows), num_input_examples=None)
+
+        @property
+        def supports_arbitrary_sharding(self) -> bool:
+            return True
+
+        def random_access(self, split: str) -> Rows:
+            if split not in self.split_rows:
+                raise SourceError(f"split {split!r} is not one of {list(self.split_rows)}")
+            return self.split_rows[split]
+
+        def num_input_examples(self, split: str) -> int:
+            return len(self.random_access(split))
+
+        def list_shards(self, split: str) -> Sequence[str]:
+            return [split]
+
+        def iter_examples(self, split: str, shuffle: bool = False, seed: int | None = None,
+                          shard_info: Any = None) -> Iterator[dict[str, Any]]:
+            del shuffle, seed  # rows in order; seqio's buffer (or the Grain reader) shuffles
+            rows = self.random_access(split)
+            index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+            return (rows[i] for i in range(index, len(rows), count))
+
+        def get_dataset(self, split: str = "train", shuffle: bool = True,
+                        seed: int | None = None, shard_info: Any = None,
+                        sequence_length: Any = None, use_cached: bool = False,
+                        num_epochs: int | None = 1):
+            del shuffle, seed, sequence_length, use_cached, num_epochs  # (the Task's job)
+            return _tf_dataset(lambda: self.iter_examples(split, shard_info=shard_info),
+                               self.signature)
+
+    IndexedSource.__module__ = __name__
+    _INDEXED = IndexedSource
+    return IndexedSource

@@ -1,9 +1,10 @@
 """The embedded default data: procedural instruction families as seqio sources and FlanTasks.
 
-Every example is a pure function of (seed, family, split, index): each split draws from its
-own `random.Random` stream, so the data needs no download and never changes under a fixed
-seed. Validation and test avoid examples of the train split where the family's space allows
-(a bounded number of redraws; the tiny families, such as `letters`, repeat train examples).
+Every example is a pure function of (seed, family, split, index), drawn from its own
+`random.Random`, so the data needs no download, never changes under a fixed seed, and is
+read by index (`SyntheticRows`) as cheaply as in order. Validation and test avoid examples
+of the train split where the family's space allows (a bounded number of redraws; the tiny
+families, such as `letters`, repeat train examples).
 Families live in `synthetic_families.py`; `mixtures/default.py` registers them.
 """
 
@@ -14,11 +15,9 @@ import itertools
 import random
 from collections.abc import Iterator, Mapping
 
-import seqio
-
 from flan_jax.data import formats as F
-from flan_jax.data.flan import CotFields, FewShotConfig, FlanTask
-from flan_jax.data.sources import python_source
+from flan_jax.data.render import CotFields, FewShotConfig, FlanTask
+from flan_jax.data.sources import indexed_source
 from flan_jax.data.synthetic_families import FAMILIES, Example, Family
 
 SPLIT_SIZES: Mapping[str, int] = {"train": 5000, "validation": 200, "test": 200}
@@ -37,32 +36,52 @@ def family(name: str) -> Family:
     raise KeyError(f"no synthetic family {name!r} (have {[f.name for f in FAMILIES]})")
 
 
-def _rng(seed: int, fam: Family, split: str) -> random.Random:
+def _rng(seed: int, fam: Family, split: str, index: int) -> random.Random:
     # String seeds hash with SHA-512 inside `random`, the same on every platform and run.
-    return random.Random(f"flan-jax/{seed}/{fam.name}/{split}")
+    return random.Random(f"flan-jax/{seed}/{fam.name}/{split}/{index}")
 
 
 @functools.lru_cache(maxsize=64)
 def _train_keys(fam: Family, seed: int, n_train: int) -> frozenset[str]:
-    rng = _rng(seed, fam, "train")
-    return frozenset(F.example_key(fam.make(rng)) for _ in range(n_train))
+    return frozenset(F.example_key(fam.make(_rng(seed, fam, "train", i)))
+                     for i in range(n_train))
+
+
+class SyntheticRows:
+    """One family's split by index: row i is a pure function of (seed, family, split, i)."""
+
+    def __init__(self, fam: Family, split: str, *, seed: int = 0,
+                 sizes: Mapping[str, int] = SPLIT_SIZES):
+        if split not in sizes:
+            raise KeyError(f"synthetic family {fam.name!r} has no split {split!r} "
+                           f"(have {sorted(sizes)})")
+        self.fam, self.split, self.seed = fam, split, seed
+        self.size, self.n_train = sizes[split], sizes.get("train", 0)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < self.size:
+            raise IndexError(f"synthetic {self.fam.name}/{self.split}: row {index} of "
+                             f"{self.size}")
+        rng = _rng(self.seed, self.fam, self.split, index)
+        ex = self.fam.make(rng)
+        if self.split == "train":
+            return ex
+        avoid = _train_keys(self.fam, self.seed, self.n_train)
+        for _ in range(_REDRAWS):
+            if F.example_key(ex) not in avoid:
+                break
+            ex = self.fam.make(rng)
+        return ex
 
 
 def examples(fam: Family, split: str, *, seed: int = 0,
              sizes: Mapping[str, int] = SPLIT_SIZES) -> Iterator[Example]:
     """The `sizes[split]` examples of one family's split, always in the same order."""
-    if split not in sizes:
-        raise KeyError(f"synthetic family {fam.name!r} has no split {split!r} "
-                       f"(have {sorted(sizes)})")
-    rng = _rng(seed, fam, split)
-    avoid = frozenset() if split == "train" else _train_keys(fam, seed, sizes.get("train", 0))
-    for _ in range(sizes[split]):
-        ex = fam.make(rng)
-        for _ in range(_REDRAWS):
-            if F.example_key(ex) not in avoid:
-                break
-            ex = fam.make(rng)
-        yield ex
+    rows = SyntheticRows(fam, split, seed=seed, sizes=sizes)
+    return (rows[i] for i in range(len(rows)))
 
 
 def _signature(fam: Family):
@@ -81,16 +100,11 @@ def _signature(fam: Family):
     return sig
 
 
-def source(fam: Family, *, seed: int = 0,
-           sizes: Mapping[str, int] = SPLIT_SIZES) -> seqio.DataSource:
-    """A seqio source of one family's raw examples (shuffling is left to seqio's buffer)."""
-    data_seed = seed
-
-    def generate(split: str, shuffle: bool, seed: int | None) -> Iterator[Example]:
-        del shuffle, seed  # one deterministic stream per split
-        return examples(fam, split, seed=data_seed, sizes=sizes)
-
-    return python_source(generate, _signature(fam), tuple(sizes), num_input_examples=sizes)
+def source(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES):
+    """A seqio source of one family's raw examples, in order and by index (`IndexedSource`);
+    shuffling is left to the reader."""
+    return indexed_source({split: SyntheticRows(fam, split, seed=seed, sizes=sizes)
+                           for split in sizes}, _signature(fam))
 
 
 def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES) -> FlanTask:
@@ -116,7 +130,7 @@ def sample_texts(n_per_family: int, *, seed: int = 0) -> Iterator[str]:
     Cycles through each format's templates so that every template appears, and renders
     options in several seeded styles; few-shot formats add nothing new to the text.
     """
-    from flan_jax.data.flan import FlanRenderer
+    from flan_jax.data.render import FlanRenderer
 
     sizes = {"train": n_per_family}
     for fam in FAMILIES:

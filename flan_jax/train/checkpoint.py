@@ -35,7 +35,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +101,18 @@ class Checkpointer:
 
     # -- saving --------------------------------------------------------------------------
 
-    def maybe_save(self, step: int, state: Any, data_position: Mapping[str, Any], *,
+    def maybe_save(self, step: int, state: Any,
+                   data_position: Mapping[str, Any] | Callable[[], Mapping[str, Any]], *,
                    force: bool = False) -> bool:
         """Saves when `step` is a multiple of `save_every` or `force`; True if it saved.
         A step that is already saved (e.g. a forced save right after a periodic one) is
-        skipped."""
+        skipped. `data_position` may be a function, called only when saving."""
         if not force and step % self.save_every:
             return False
         if step == self._manager.latest_step():
             return False
-        return self.save(step, state, data_position)
+        return self.save(step, state, data_position() if callable(data_position)
+                         else data_position)
 
     def save(self, step: int, state: Any, data_position: Mapping[str, Any]) -> bool:
         """Starts saving `state` and `data_position` as `step` (async unless disabled)."""

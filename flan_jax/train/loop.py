@@ -112,8 +112,11 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     try:
         start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
                                                 state_shard)
-        batches_drawn = (data_lib.check_position(position, data_cfg, jax.process_count())
-                         if position else 0)
+        # Before the config is written and the step-0 eval: a bad mixture name, a missing
+        # file or another saved stream fails here, before any work.
+        reader = data_lib.make_reader(data_cfg, saved=position,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
     except BaseException:
         ckpt.close()  # (its background threads would otherwise outlive the error noisily)
         raise
@@ -143,9 +146,6 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             eval_lib.write_json(results, model_dir / "eval" / f"step_{step}.json")
         eval_writer.flush()
 
-    batches = data_lib.batches(data_cfg, start=batches_drawn,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
     ckpt.install_sigterm_handler()
     bar = ProgressBar(total_steps, initial_step=start, disable=not progress)
     watchdog = StepWatchdog(step_timeout)
@@ -156,8 +156,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             run_eval(0)
         step = start
         while step < total_steps:
-            local = next(batches)
-            batches_drawn += 1
+            local = next(reader)
             window_tokens += int(np.sum(local["decoder_loss_weights"] > 0)) * jax.process_count()
             state, metrics = step_fn(state, parallel.global_batch(local, mesh, rules))
             step += 1
@@ -178,7 +177,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                 bar.update(step, loss=float(last["loss"]), tokens_per_s=rates["tokens_per_s"],
                            mfu=rates.get("mfu"))
             ckpt.maybe_save(step, state,
-                            data_lib.position(batches_drawn, data_cfg, jax.process_count()),
+                            lambda: data_lib.reader_position(reader, data_cfg,
+                                                             jax.process_count()),
                             force=stop or step == total_steps)
             if eval_every and step % eval_every == 0 and step != total_steps:
                 run_eval(step)
@@ -194,7 +194,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             _export(model_dir / "model", cfg, state.params)
     finally:
         watchdog.close()
-        batches.close()  # release the tf.data iterator before exit (can hang otherwise)
+        reader.close()  # release workers / the tf.data iterator before exit (can hang)
         bar.close()
         ckpt.close()
         train_writer.close()

@@ -1,0 +1,193 @@
+"""Random access to raw examples: the one protocol the Grain training reader reads through.
+
+`Rows` is what a split of any flan-jax source offers for random access: `len(rows)` and
+`rows[i]` (an example dict). Implementations here import neither TensorFlow nor seqio, so
+Grain worker processes can unpickle them cheaply: a JSONL file behind a line-offset index
+built in one pass, a concatenation of such, and plain Python lists. A seqio source exposes
+its rows through `random_access(split)` (see `sources.IndexedSource`); a source without it
+is read by the seqio reader only, or converted once by `flan-jax prepare`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from flan_jax.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+Example = dict[str, Any]
+
+
+@runtime_checkable
+class Rows(Protocol):
+    """One split of a source, by index: `len(rows)` examples, `rows[i]` the i-th (a dict)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Example: ...
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) if not hasattr(t, "__args__") else str(t)
+
+
+def check_value(value: Any, want: Any) -> bool:
+    """Whether a parsed JSON value is of a schema type (int is a float; bool is not an int)."""
+    if want is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hasattr(want, "__args__"):  # list[X]
+        (item,) = want.__args__
+        return isinstance(value, list) and all(check_value(v, item) for v in value)
+    return isinstance(value, want)
+
+
+def parse_row(line: str | bytes, schema: Mapping[str, Any] | None) -> Example:
+    """One JSONL line as a dict of the schema's fields; SourceError says what is wrong."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise SourceError(f"invalid UTF-8 (byte {e.start} of the line)") from None
+    if not isinstance(row, dict):
+        raise SourceError(f"expected a JSON object, got {type(row).__name__}")
+    if schema is None:
+        return row
+    for name, want in schema.items():
+        if name not in row:
+            raise SourceError(f"missing field {name!r} (the schema needs {sorted(schema)})")
+        if not check_value(row[name], want):
+            raise SourceError(f"field {name!r} should be {_type_name(want)}, got "
+                              f"{type(row[name]).__name__} {row[name]!r:.60}")
+    return {name: row[name] for name in schema}
+
+
+class JsonlRows:
+    """The non-blank lines of one JSONL file by index, each parsed and checked on access.
+
+    The index (one int64 byte offset per row) is built on first use in one pass over the
+    file, at disk speed; rows are validated when read, so a bad row fails with `file:line`
+    where it is used. With `skip_invalid` every row is parsed once while indexing and bad
+    ones are left out of the index (logged once). Pickles without its open file handle.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], schema: Mapping[str, Any] | None = None,
+                 *, skip_invalid: bool = False, offsets: np.ndarray | None = None):
+        self.path = Path(path)
+        self.schema = dict(schema) if schema is not None else None
+        self.skip_invalid = skip_invalid
+        self._offsets = offsets
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.offsets  # workers get the index, never rebuild it
+        return {**self.__dict__, "_file": None}
+
+    @property
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = self._build_index()
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> Example:
+        offsets = self.offsets
+        if not 0 <= index < len(offsets):
+            raise IndexError(f"{self.path}: row {index} of {len(offsets)}")
+        if self._file is None:
+            self._file = self.path.open("rb")
+        self._file.seek(int(offsets[index]))
+        line = self._file.readline()
+        try:
+            return parse_row(line, self.schema)
+        except SourceError as e:
+            raise SourceError(f"{self.path}:{self.line_number(index)}: {e}") from None
+
+    def line_number(self, index: int) -> int:
+        """1-based line of row `index` (counts the file's newlines: for error messages)."""
+        offset = int(self.offsets[index])
+        with self.path.open("rb") as f:
+            return f.read(offset).count(b"\n") + 1
+
+    def _build_index(self) -> np.ndarray:
+        try:
+            data = np.fromfile(self.path, dtype=np.uint8)
+        except OSError as e:
+            raise SourceError(f"{self.path}: cannot open ({e.strerror})") from e
+        ends = np.flatnonzero(data == ord("\n"))
+        starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+        stops = np.concatenate([ends, [len(data)]]).astype(np.int64)
+        # Blank lines (only spaces, tabs or \r) hold no row: a line is blank when it has no
+        # byte other than whitespace. Count the non-whitespace bytes per line with cumsum.
+        solid = np.cumsum(~np.isin(data, np.frombuffer(b" \t\r\n", np.uint8)), dtype=np.int64)
+        solid = np.concatenate([[0], solid])
+        keep = solid[stops] - solid[starts] > 0
+        offsets = starts[keep]
+        if not self.skip_invalid:
+            return offsets
+        good = []
+        for lineno, (a, b) in enumerate(zip(starts, stops), start=1):
+            if solid[b] - solid[a] == 0:
+                continue
+            try:
+                parse_row(data[a:b].tobytes(), self.schema)
+            except SourceError:
+                continue
+            good.append(a)
+        if len(good) < len(offsets):
+            log.warning("%s: skipped %d invalid row(s) (skip_invalid=True)", self.path,
+                        len(offsets) - len(good))
+        return np.asarray(good, dtype=np.int64)
+
+
+class ConcatRows:
+    """Several `Rows` as one (a split made of several files), in order."""
+
+    def __init__(self, parts: Sequence[Rows]):
+        self.parts = list(parts)
+        self._starts: list[int] | None = None
+
+    def _bounds(self) -> list[int]:
+        if self._starts is None:
+            starts, total = [], 0
+            for p in self.parts:
+                starts.append(total)
+                total += len(p)
+            self._starts = starts + [total]
+        return self._starts
+
+    def __len__(self) -> int:
+        return self._bounds()[-1]
+
+    def __getitem__(self, index: int) -> Example:
+        bounds = self._bounds()
+        if not 0 <= index < bounds[-1]:
+            raise IndexError(f"row {index} of {bounds[-1]}")
+        part = bisect.bisect_right(bounds, index) - 1
+        return self.parts[part][index - bounds[part]]
+
+
+class ListRows:
+    """Examples held in memory (tests, small eval sets)."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
