@@ -11,6 +11,7 @@ is read by the seqio reader only, or converted once by `flan-jax prepare`.
 from __future__ import annotations
 
 import bisect
+import collections
 import json
 import logging
 import os
@@ -73,13 +74,36 @@ def parse_row(line: str | bytes, schema: Mapping[str, Any] | None) -> Example:
     return {name: row[name] for name in schema}
 
 
+_OPEN_FILES = 64  # per process: a collection has thousands of files, a process ~1k fds
+
+
+class _Handles:
+    """A few open files, least recently used closed first (shared by all JsonlRows)."""
+
+    def __init__(self, size: int):
+        self.size, self.files = size, collections.OrderedDict()
+
+    def get(self, path: Path):
+        f = self.files.pop(path, None)
+        if f is None:
+            f = path.open("rb")
+            while len(self.files) >= self.size:
+                self.files.popitem(last=False)[1].close()
+        self.files[path] = f
+        return f
+
+
+_HANDLES = _Handles(_OPEN_FILES)
+
+
 class JsonlRows:
     """The non-blank lines of one JSONL file by index, each parsed and checked on access.
 
     The index (one int64 byte offset per row) is built on first use in one pass over the
     file, at disk speed; rows are validated when read, so a bad row fails with `file:line`
     where it is used. With `skip_invalid` every row is parsed once while indexing and bad
-    ones are left out of the index (logged once). Pickles without its open file handle.
+    ones are left out of the index (logged once). Files are opened through a small
+    per-process LRU of handles, so thousands of files never exhaust descriptors.
     """
 
     def __init__(self, path: str | os.PathLike[str], schema: Mapping[str, Any] | None = None,
@@ -88,11 +112,10 @@ class JsonlRows:
         self.schema = dict(schema) if schema is not None else None
         self.skip_invalid = skip_invalid
         self._offsets = offsets
-        self._file = None
 
     def __getstate__(self) -> dict[str, Any]:
         self.offsets  # workers get the index, never rebuild it
-        return {**self.__dict__, "_file": None}
+        return dict(self.__dict__)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -107,10 +130,9 @@ class JsonlRows:
         offsets = self.offsets
         if not 0 <= index < len(offsets):
             raise IndexError(f"{self.path}: row {index} of {len(offsets)}")
-        if self._file is None:
-            self._file = self.path.open("rb")
-        self._file.seek(int(offsets[index]))
-        line = self._file.readline()
+        f = _HANDLES.get(self.path)
+        f.seek(int(offsets[index]))
+        line = f.readline()
         try:
             return parse_row(line, self.schema)
         except SourceError as e:

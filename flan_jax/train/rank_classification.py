@@ -19,28 +19,29 @@ import numpy as np
 from flax import nnx
 
 from flan_jax.data import formats as F
-from flan_jax.data.flan import FlanRenderer, registered_flan_task
+from flan_jax.data.flan import RenderedSource
 from flan_jax.data.sources import iter_source
 
 OPTION_FORMATS = (F.ZS_OPT, F.FS_OPT)
-EOS_ID = 1
 
 
 def rank_classification(model, vocabulary, task_name: str, *, split: str,
                         num_examples: int | None, batch_size: int,
                         lengths: dict[str, int]) -> dict[str, float] | None:
     """{"rank_accuracy": %} for a registered Flan task in an options format, else None."""
-    found = registered_flan_task(task_name)
-    if found is None or found[1] not in OPTION_FORMATS:
+    import seqio
+
+    if task_name not in seqio.TaskRegistry.names():
         return None
-    spec, fmt = found
-    renderer = FlanRenderer(spec, fmt, count_tokens=lambda s: len(vocabulary.encode(s)))
-    pool = renderer.exemplar_pool()
+    source = seqio.TaskRegistry.get(task_name).source
+    if not isinstance(source, RenderedSource) or source.fmt not in OPTION_FORMATS:
+        return None
+    renderer = source.renderer  # the Task's own: same template, style and exemplars
     questions: list[tuple[str, list[str], int]] = []
-    raw = iter_source(spec.source, split)
+    raw = iter_source(source.spec.source, split)
     for example in itertools.islice(raw, num_examples):
         fields = renderer.fields(example)
-        rendered = renderer.render(fields, pool)
+        rendered = renderer.render(fields)
         choices = renderer.choices(fields)
         if rendered["targets"] in choices:
             questions.append((rendered["inputs"], choices, choices.index(rendered["targets"])))
@@ -70,15 +71,15 @@ def score(model, vocabulary, pairs: Sequence[tuple[str, str]], *, batch_size: in
         enc = np.zeros((batch_size, li), np.int32)
         tgt = np.zeros((batch_size, lt), np.int32)
         for i, (inputs, targets) in enumerate(chunk):
-            _fill(enc[i], vocabulary.encode(inputs))
-            _fill(tgt[i], vocabulary.encode(targets))
+            _fill(enc[i], vocabulary.encode(inputs), vocabulary.eos_id)
+            _fill(tgt[i], vocabulary.encode(targets), vocabulary.eos_id)
         ll = _log_likelihood(graphdef, state, jnp.asarray(enc), jnp.asarray(tgt))
         out[start:start + len(chunk)] = np.asarray(ll)[:len(chunk)]
     return out
 
 
-def _fill(row: np.ndarray, ids: Sequence[int]) -> None:
-    ids = list(ids)[:len(row) - 1] + [EOS_ID]
+def _fill(row: np.ndarray, ids: Sequence[int], eos_id: int) -> None:
+    ids = list(ids)[:len(row) - 1] + [eos_id]
     row[:len(ids)] = ids
 
 
