@@ -1,5 +1,5 @@
-"""The `flan-jax` command line: one subcommand per job (convert, show, export, train, eval,
-infer, plan)."""
+"""The `flan-jax` command line: one subcommand per job (convert, show, export, prepare, train,
+eval, infer, plan)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,19 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {result.count:,} examples of {args.name} ({args.split}) to {result.path}")
     if args.stats:
         _print_stats(args.name, result.per_task, result.count)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from flan_jax.data import prepare
+
+    out = args.out or prepare.default_prepared_dir(args.flan2022)
+    before = prepare.load_prepared(out, args.flan2022)
+    result = before or prepare.prepare_flan2022(args.flan2022, out, progress=not args.quiet)
+    keys = sum(len(result.counts(p)) for p in result.sources())
+    state = "up to date, nothing to do" if before else "wrote"
+    print(f"{state}: {result.num_rows:,} rows of {len(result.sources())} file(s), {keys:,} "
+          f"(task_name, template_type) groups, in {out}")
     return 0
 
 
@@ -337,6 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(func=_export)
 
+    prep = sub.add_parser(
+        "prepare", help="convert Flan 2022 parquet files for reading rows by index",
+        description=(
+            "Convert published Flan 2022 parquet files (columns inputs, targets, task_name, "
+            "template_type) once into ArrayRecord files with rows grouped by (task_name, "
+            "template_type) and an index.json, so the training reader can read any row by "
+            "index (parquet reads a whole row group per row). The result appears only when "
+            "complete (a killed run leaves none); a result for the same files (paths, sizes, "
+            "mtimes) is reused. flan2022.register_flan2022_submix(prepared_dir=DIR) reads it; "
+            "without --out it goes where registration looks by default "
+            "($FLAN_JAX_CACHE or ~/.cache/flan_jax, under prepared/). JSONL files need no "
+            "preparing."))
+    prep.add_argument("--flan2022", nargs="+", required=True, type=Path, metavar="FILE",
+                      help="Flan 2022 .parquet files (e.g. every file of a submix)")
+    prep.add_argument("--out", type=Path, metavar="DIR",
+                      help="directory to write (absent, empty, or an earlier result; "
+                           "default: the registration cache directory for these files)")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_prepare)
+
     train = sub.add_parser(
         "train", help="train or finetune a model (gin-configured)",
         description=(
@@ -420,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # seqio's INFO/WARNING chatter (sequence-length notes, mixing rates) is not for users.
         absl_logging.set_verbosity(absl_logging.ERROR)
     from flan_jax.data.export import ExportError
-    from flan_jax.data.sources import SourceError
+    from flan_jax.errors import FlanJaxError
     from flan_jax.data.templates import TemplateError
     from flan_jax.data.vocab import VocabularyError
     from flan_jax.train import infer  # noqa: F401  (registers DecodeConfig with gin)
@@ -441,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, SourceError,
+    except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, FlanJaxError,
             TemplateError, VocabularyError, NonFiniteLossError,
             distributed.StepTimeoutError) as e:
         print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ is used as published, tokenised by seqio, with `task` and `format` carried on ev
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import logging
 import os
@@ -17,14 +18,17 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import seqio
 
 from flan_jax.data import formats as F
-from flan_jax.data.sources import SourceError, read_jsonl
+from flan_jax.data import prepare as P
+from flan_jax.data.prepare import COLUMNS, check_nulls, open_parquet
+from flan_jax.data.rows import ConcatRows, JsonlRows, ListRows, parse_row
+from flan_jax.data.sources import SourceError, indexed_source, read_jsonl
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("inputs", "targets", "task_name", "template_type")
 SCHEMA = {c: str for c in COLUMNS}
 FEATURES = ("inputs", "targets", "task", "format")  # of every example a source yields
 # `template_type` as the FLAN code writes it (flan/v2/tasks.py): zero-/few-shot, with or
@@ -75,7 +79,8 @@ def flan2022_source(files_by_split: Mapping[str, Files], *,
 def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
                              vocabulary: seqio.Vocabulary | None = None, *, by: str = "task",
                              template_formats: Mapping[str, str] = TEMPLATE_FORMATS,
-                             replace: bool = False) -> list[str]:
+                             replace: bool = False,
+                             prepared_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Registers seqio Tasks over a published Flan 2022 submix; returns their names.
 
     `by="task"`: one Task per (task_name, format), named `{name}.{task}:{format}` (task_name
@@ -84,10 +89,14 @@ def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
     `{name}` with every row. `template_formats` maps template_type to a format name
     (`COT_TEMPLATE_FORMATS` for the CoT submix).
 
-    Registration makes one streaming pass over the files to learn the tasks and their counts
-    (see `count_rows`). A per-task Task then reads only the parquet row groups that hold its
-    rows, so parquet sorted by task_name is read about once in all; rows interleaved across
-    row groups, and JSONL, are read in full by every Task that needs them.
+    Each Task's source is a `sources.IndexedSource`: its rows by index (`random_access`,
+    for the Grain reader) and, for seqio, the same rows in file order. Registration makes
+    one pass over the files: JSONL rows are parsed and checked, and each row's byte offset
+    is kept per (task_name, template_type) (8 bytes a row). Parquet files are read through
+    a prepared ArrayRecord copy (`prepare.prepare_flan2022`, or `flan-jax prepare`) in
+    `prepared_dir`, by default `~/.cache/flan_jax/prepared/<hash of the files>`
+    (`$FLAN_JAX_CACHE` moves the root); when it holds no up-to-date result, registration
+    prepares one (logged once) and later registrations reuse it.
     """
     if by not in ("task", "none"):
         raise ValueError(f"by={by!r}: use 'task' (one Task per task and format) or 'none'")
@@ -98,7 +107,10 @@ def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
         from flan_jax.data.vocab import default_vocabulary
         vocabulary = default_vocabulary()
     files = {split: _paths(v, f"split {split!r}") for split, v in files_by_split.items()}
-    scans = {p: _scan(p) for ps in files.values() for p in ps}  # a file in two splits: once
+    parquet = list(dict.fromkeys(p for ps in files.values() for p in ps if _kind(p) == "parquet"))
+    prepared = _prepared(parquet, prepared_dir) if parquet else None
+    scans = {p: _scan(p) if _kind(p) == "jsonl" else _Scan(prepared.counts(p), None)
+             for ps in files.values() for p in ps}  # a file in two splits: once
     _check_template_types(scans, template_formats)
     output_features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=True)
                        for k in ("inputs", "targets")}
@@ -125,7 +137,7 @@ def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
             seqio.TaskRegistry.remove(tname)
         seqio.TaskRegistry.add(
             tname,
-            source=_source(files, scans, template_formats, keys),
+            source=_indexed(files, scans, prepared, template_formats, keys),
             output_features=output_features,
             preprocessors=[seqio.preprocessors.tokenize,
                            seqio.preprocessors.append_eos_after_trim],
@@ -141,6 +153,7 @@ class _Scan:
 
     counts: Counter[Key]
     row_groups: Mapping[Key, int] | None  # bit i set: row group i holds the key
+    offsets: Mapping[Key, np.ndarray] | None = None  # JSONL: each row's byte offset, int64
 
 
 def _paths(files: Files, what: str) -> list[Path]:
@@ -161,23 +174,88 @@ def _kind(path: Path) -> str | None:
 
 def _scan(path: Path) -> _Scan:
     if _kind(path) == "jsonl":
-        return _Scan(Counter((r["task_name"], r["template_type"])
-                             for r in read_jsonl(path, SCHEMA)), None)
+        return _scan_jsonl(path)
     import pyarrow.compute as pc
 
-    pf, offsets = _open_parquet(path)
+    pf, offsets = open_parquet(path)
     counts: Counter[Key] = Counter()
     groups: dict[Key, int] = {}
     for rg in range(pf.num_row_groups):
         table = pf.read_row_group(rg, columns=["task_name", "template_type"])
         for column in ("task_name", "template_type"):
-            _check_nulls(path, offsets[rg], column, table.column(column), pc)
+            check_nulls(path, offsets[rg], column, table.column(column), pc)
         for row in table.group_by(["task_name", "template_type"]).aggregate(
                 [("task_name", "count")]).to_pylist():
             key = (row["task_name"], row["template_type"])
             counts[key] += row["task_name_count"]
             groups[key] = groups.get(key, 0) | (1 << rg)
     return _Scan(counts, groups)
+
+
+def _scan_jsonl(path: Path) -> _Scan:
+    """Parses and checks every row (a bad one fails with `file:line`), keeping its offset."""
+    by_key: dict[Key, array.array] = {}
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise SourceError(f"{path}: cannot open ({e.strerror})") from e
+    with f:
+        offset = 0
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    row = parse_row(line, SCHEMA)
+                except SourceError as e:
+                    raise SourceError(f"{path}:{lineno}: {e}") from None
+                key = (row["task_name"], row["template_type"])
+                by_key.setdefault(key, array.array("q")).append(offset)
+            offset += len(line)
+    offsets = {k: np.frombuffer(v, dtype=np.int64) for k, v in by_key.items()}
+    return _Scan(Counter({k: len(v) for k, v in offsets.items()}), None, offsets)
+
+
+def _prepared(parquet: Sequence[Path], prepared_dir: str | os.PathLike[str] | None
+              ) -> P.PreparedFlan2022:
+    """The up-to-date prepared copy of the parquet files, prepared now if there is none."""
+    out = Path(prepared_dir) if prepared_dir is not None else P.default_prepared_dir(parquet)
+    prepared = P.load_prepared(out, parquet)
+    if prepared is None:
+        prepared = P.prepare_flan2022(parquet, out)
+        log.warning("Flan 2022: prepared %d parquet file(s) (%d rows) for reading by index "
+                    "into %s; reused while the files are unchanged", len(parquet),
+                    prepared.num_rows, out)
+    return prepared
+
+
+def _indexed(files: Mapping[str, list[Path]], scans: Mapping[Path, _Scan],
+             prepared: P.PreparedFlan2022 | None, formats: Mapping[str, str],
+             keys: Collection[Key] | None):
+    """An IndexedSource of the rows of `keys` (all rows if None), yielding FEATURES.
+
+    Per split, the files' rows of `keys` in file order: per JSONL file an offset array (the
+    key's own one, or several merged), per parquet file a prepared range or record array.
+    """
+    import tensorflow as tf
+
+    split_rows = {}
+    for split, paths in files.items():
+        parts: list[Any] = []
+        for p in paths:
+            counts = scans[p].counts
+            wanted = [k for k in (counts if keys is None else keys) if counts.get(k)]
+            if not wanted:
+                continue
+            if prepared is not None and _kind(p) == "parquet":
+                parts.append(prepared.rows(p, None if keys is None else wanted))
+                continue
+            offsets = scans[p].offsets
+            merged = offsets[wanted[0]] if len(wanted) == 1 else np.sort(
+                np.concatenate([offsets[k] for k in wanted]))
+            parts.append(JsonlRows(p, SCHEMA, offsets=merged))
+        rows = parts[0] if len(parts) == 1 else ConcatRows(parts) if parts else ListRows([])
+        split_rows[split] = P.Flan2022Rows(rows, formats)
+    signature = {f: tf.TensorSpec((), tf.string) for f in FEATURES}
+    return indexed_source(split_rows, signature)
 
 
 def _check_template_types(scans: Mapping[Path, _Scan], formats: Mapping[str, str]) -> None:
@@ -258,13 +336,13 @@ def _read(path: Path, keys: Collection[Key] | None, row_groups: Sequence[int] | 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    pf, offsets = _open_parquet(path)
+    pf, offsets = open_parquet(path)
     joined = None if wanted is None else pa.array(sorted(f"{t}\x1f{tt}" for t, tt in wanted))
     for rg in range(pf.num_row_groups) if row_groups is None else row_groups:
         start = offsets[rg]
         for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=list(COLUMNS)):
             for c in COLUMNS:
-                _check_nulls(path, start, c, rb.column(c), pc)
+                check_nulls(path, start, c, rb.column(c), pc)
             start += rb.num_rows
             if joined is not None:  # (string or large_string columns) -> one string key
                 key = pc.binary_join_element_wise(rb.column("task_name").cast(pa.string()),
@@ -273,37 +351,6 @@ def _read(path: Path, keys: Collection[Key] | None, row_groups: Sequence[int] | 
                 rb = rb.filter(pc.is_in(key, value_set=joined))
             if rb.num_rows:
                 yield {c: rb.column(c).to_pylist() for c in COLUMNS}
-
-
-def _open_parquet(path: Path):
-    """The ParquetFile, checked for the four string columns, and each row group's first row."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ImportError("reading parquet needs pyarrow: pip install 'flan-jax[hf]'") from e
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
-        raise SourceError(f"{path}: cannot read as parquet ({e})") from e
-    schema = pf.schema_arrow
-    for c in COLUMNS:
-        if c not in schema.names:
-            raise SourceError(f"{path}: missing column {c!r} (has {schema.names})")
-        t = schema.field(c).type
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise SourceError(f"{path}: column {c!r} should be string, got {t}")
-    offsets, row = [], 0
-    for rg in range(pf.num_row_groups):
-        offsets.append(row)
-        row += pf.metadata.row_group(rg).num_rows
-    return pf, offsets
-
-
-def _check_nulls(path: Path, start: int, column: str, values: Any, pc: Any) -> None:
-    if values.null_count:
-        row = start + pc.index(pc.is_null(values), True).as_py()
-        raise SourceError(f"{path}: row {row}: column {column!r} is null")
 
 
 def _cot_answer(output: Any, example: Any = None, is_target: bool = False) -> str:

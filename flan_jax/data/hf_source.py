@@ -1,7 +1,8 @@
 """Hugging Face `datasets` as a seqio source: local JSON/CSV/parquet files or a saved dataset.
 
 An optional extra (`pip install 'flan-jax[hf]'`): `datasets` is imported only when
-`hf_source` is called. Columns become tf.data features typed from the dataset's `features`.
+`hf_source` is called. Columns become tf.data features typed from the dataset's `features`;
+a loaded (not streamed) dataset also gives its rows by index (`HfRows`, for the Grain reader).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flan_jax.data.sources import Schema, SourceError, validate_schema
+from flan_jax.data.sources import Schema, SourceError, indexed_source, validate_schema
 
 # Column types hf_source can feed to tf.data, with their signatures (dtype, shape). Like
 # sources.py, floats become float32 and ints int64.
@@ -34,7 +35,7 @@ _WIDENINGS = {(int, float), (list[int], list[float])}
 def hf_source(path_or_name: str | os.PathLike[str], *, splits: Sequence[str] | None = None,
               data_files: Any = None, schema: Schema | None = None, streaming: bool = False,
               **load_kwargs: Any):
-    """A `seqio.FunctionDataSource` over `datasets.load_dataset(path_or_name, ...)`.
+    """A seqio source over `datasets.load_dataset(path_or_name, ...)`.
 
     `path_or_name` is a builder with `data_files` (`"json"` for JSON/JSONL, `"csv"`,
     `"parquet"`), a dataset directory, or a `save_to_disk` directory (read with
@@ -42,8 +43,11 @@ def hf_source(path_or_name: str | os.PathLike[str], *, splits: Sequence[str] | N
     dataset types (strings, ints, floats, bools and lists of them); `schema` (as in
     `sources.py`) selects columns and may widen int to float. To cast anything else, pass
     `features=datasets.Features(...)`, which goes to `load_dataset` with `**load_kwargs`.
-    `num_input_examples` is known per split unless `streaming`. Files are read in order;
-    `shuffle_files` shuffles with `Dataset.shuffle` (streaming: shards and a small buffer).
+    Unless `streaming`, the source is a `sources.IndexedSource` over `HfRows` per split:
+    rows by index (`random_access(split)`), counted, and read in order by seqio, whose
+    buffer shuffles (as for every IndexedSource; `shuffle_files` is not applied). Streaming
+    gives a `seqio.FunctionDataSource` with no counts, whose `shuffle_files` shuffles shards
+    and a small buffer.
     """
     import seqio
     import tensorflow as tf
@@ -75,6 +79,10 @@ def hf_source(path_or_name: str | os.PathLike[str], *, splits: Sequence[str] | N
     signature = {name: tf.TensorSpec(shape=_SPECS[t][1], dtype=_SPECS[t][0])
                  for name, t in types.items()}
     names = list(types)
+    if not streaming:
+        return indexed_source({split: HfRows(ds.select_columns(names), types,
+                                             _where(path_or_name, data_files, split))
+                               for split, ds in loaded.items()}, signature)
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         if split not in loaded:
@@ -87,10 +95,42 @@ def hf_source(path_or_name: str | os.PathLike[str], *, splits: Sequence[str] | N
         return tf.data.Dataset.from_generator(lambda: _rows(ds, names, where),
                                               output_signature=signature)
 
-    counts = {split: len(ds) for split, ds in loaded.items()
-              if isinstance(ds, datasets.Dataset)}
     return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=list(loaded),
-                                    num_input_examples=counts or None)
+                                    num_input_examples=None)
+
+
+class HfRows:
+    """One split of a loaded `datasets.Dataset` by index: `rows[i]` is `dataset[i]`, its
+    values plain Python of the column types (`types`: an int column under a float schema
+    becomes float). A null fails with the split, row and column.
+
+    Pickles as the Dataset does: a dataset loaded from files (Arrow cache, `save_to_disk`)
+    by reference to its memory-mapped files (a few KB), an in-memory one with its table.
+    """
+
+    def __init__(self, dataset: Any, types: Mapping[str, Any], where: str):
+        self.dataset, self.types, self.where = dataset, dict(types), where
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.dataset):
+            raise IndexError(f"{self.where}: row {index} of {len(self.dataset)}")
+        row = self.dataset[index]
+        return {name: _plain(row[name], t, name, index, self.where)
+                for name, t in self.types.items()}
+
+
+def _plain(value: Any, want: Any, name: str, index: int, where: str) -> Any:
+    if value is None or (isinstance(value, list) and None in value):
+        raise SourceError(f"{where}: row {index}: column {name!r} is null"
+                          + (" (in its list)" if value is not None else ""))
+    if want is float:
+        return float(value)
+    if want == list[float]:
+        return [float(v) for v in value]
+    return value
 
 
 def _import_datasets():

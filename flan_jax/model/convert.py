@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from flan_jax.atomic import atomic_directory  # noqa: F401  (re-exported: io.py, train)
 from flan_jax.model.config import T5Config
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.to_pure_dict` gives
@@ -330,34 +329,3 @@ def save_hf_checkpoint(path: str | os.PathLike[str], cfg: T5Config, params: Para
             "pad_token_id": cfg.pad_id}, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return Path(path)
-
-
-class atomic_directory:
-    """Context manager: yields a temp dir beside `path`, renamed onto it only on success.
-
-    An existing `path` is kept untouched on failure and replaced only with `overwrite`.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False):
-        self.path = Path(path)
-        self.overwrite = overwrite
-
-    def __enter__(self) -> Path:
-        if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"{self.path} exists and is not empty (pass overwrite)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-",
-                                         dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -1,8 +1,11 @@
 """Published Flan 2022 rows: parquet/JSONL checks, per-task Tasks by hand count, capped mixing."""
 
 import json
+import logging
+import pickle
 import re
 
+import numpy as np
 import pytest
 import seqio
 
@@ -11,7 +14,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from flan_jax.data import flan2022 as G  # noqa: E402
 from flan_jax.data import mixing as M  # noqa: E402
-from flan_jax.data.sources import SourceError  # noqa: E402
+from flan_jax.data.sources import SourceError, random_access  # noqa: E402
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 64, "targets": 16}
@@ -39,6 +42,13 @@ def write_parquet(path, rows, row_group_size=5, **types):
 def write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Parquet registration prepares a copy under $FLAN_JAX_CACHE: keep it in tmp."""
+    monkeypatch.setenv("FLAN_JAX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture()
@@ -249,3 +259,84 @@ def test_per_task_tasks_read_only_their_row_groups(tmp_path, registry):
     assert len(examples("rg.a:zs_opt")) == 10
     with pytest.raises(Exception, match=r"sorted\.parquet: row 15: column 'inputs' is null"):
         examples("rg.b:zs_opt")
+
+
+def all_rows(rows):
+    return [rows[i] for i in range(len(rows))]
+
+
+def streamed(files, split="train", keys=None):
+    """The reference: the streaming source's rows (file order), as plain str dicts."""
+    source = G.flan2022_source({split: files})
+    got = [{k: v.decode() for k, v in e.items()} for e in
+           source.get_dataset(split, shuffle=False).as_numpy_iterator()]
+    return [e for e in got if keys is None or (e["task"], e["format"]) in keys]
+
+
+def test_random_access_rows_equal_the_streamed_rows(tmp_path, registry):
+    rows = make_rows()
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]  # interleaved
+    a = write_parquet(tmp_path / "a.parquet", shuffled[:20])
+    b = write_jsonl(tmp_path / "b.jsonl", shuffled[20:])
+    names = G.register_flan2022_submix("ra", {"train": [a, b], "validation": b}, VOCAB)
+    for name in names:
+        task, fmt = name[len("ra."):].split(":")
+        source = seqio.get_mixture_or_task(name).source
+        for split, files in (("train", [a, b]), ("validation", [b])):
+            got = all_rows(random_access(source, split))
+            want = [e for e in streamed(files, split)
+                    if re.sub(r"[^\w.]", "_", e["task"]) == task and e["format"] == fmt]
+            assert got == want and len(got) == source.num_input_examples(split)
+            # ...and seqio's own read of the source gives the same rows.
+            assert [{k: v.decode() for k, v in e.items()} for e in source.get_dataset(
+                split, shuffle=False).as_numpy_iterator()] == want
+    G.register_flan2022_submix("ra_all", {"train": [a, b]}, VOCAB, by="none")
+    whole = random_access(seqio.get_mixture_or_task("ra_all").source, "train")
+    assert all_rows(whole) == streamed([a, b])  # several keys: merged back into file order
+    assert whole[0]["format"] == shuffled[0]["template_type"]
+
+
+def test_parquet_is_prepared_once_and_reused(tmp_path, registry, cache, caplog):
+    path = write_parquet(tmp_path / "t.parquet", make_rows())
+    with caplog.at_level(logging.INFO, logger=G.__name__):
+        G.register_flan2022_submix("p1", {"train": path}, VOCAB)
+    prepared = [r for r in caplog.records if "prepared 1 parquet file" in r.getMessage()]
+    assert len(prepared) == 1 and str(cache / "prepared") in prepared[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=G.__name__):
+        G.register_flan2022_submix("p2", {"train": path}, VOCAB)
+    assert not [r for r in caplog.records if "prepared" in r.getMessage()]
+    assert len(list((cache / "prepared").iterdir())) == 1
+    mine = tmp_path / "mine"
+    G.register_flan2022_submix("p3", {"train": path}, VOCAB, prepared_dir=mine)
+    assert (mine / "index.json").exists()
+    rows = random_access(seqio.get_mixture_or_task("p3.anli_r1:fs_opt").source, "train")
+    assert all_rows(rows) == streamed([path], keys={("anli_r1", "fs_opt")})
+
+
+def test_pickled_task_rows_are_small(tmp_path, registry):
+    rows = make_rows({("t", "zs_opt"): 500, ("u", "zs_opt"): 500})
+    parquet = write_parquet(tmp_path / "t.parquet", rows, row_group_size=100)
+    jsonl = write_jsonl(tmp_path / "t.jsonl", rows)
+    G.register_flan2022_submix("pk", {"train": parquet, "validation": jsonl}, VOCAB)
+    source = seqio.get_mixture_or_task("pk.t:zs_opt").source
+    train, dev = random_access(source, "train"), random_access(source, "validation")
+    assert train[499]["inputs"] == dev[499]["inputs"] == "t zs_opt q499"
+    assert len(pickle.dumps(train)) < 1_000  # a [start, count] range
+    assert len(pickle.dumps(dev)) < 1_000 + 8 * 500  # one int64 offset a row
+    back = pickle.loads(pickle.dumps(dev))
+    assert back[7] == dev[7] == {"inputs": "t zs_opt q7", "targets": "a7", "task": "t",
+                                 "format": "zs_opt"}
+
+
+def test_random_access_errors_name_file_and_line(tmp_path, registry):
+    rows = make_rows()
+    path = write_jsonl(tmp_path / "j.jsonl", rows)
+    G.register_flan2022_submix("err", {"train": path}, VOCAB)
+    rows_ = random_access(seqio.get_mixture_or_task("err.anli_r1:zs_opt").source, "train")
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = "{" + "x" * (len(lines[2]) - 2) + "\n"  # changed in place since the scan
+    path.write_text("".join(lines))
+    assert rows_[1]["inputs"] == "anli_r1 zs_opt q1"
+    with pytest.raises(SourceError, match=r"j\.jsonl:3: invalid JSON"):
+        rows_[2]

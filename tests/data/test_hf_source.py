@@ -159,3 +159,39 @@ def test_importing_flan_jax_does_not_import_datasets():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+def test_random_access_rows_are_the_streamed_rows_as_python(tmp_path, cache):
+    import pickle
+
+    from flan_jax.data.sources import random_access
+
+    path = write_jsonl(tmp_path / "r.jsonl", ROWS)
+    source = hf_source("json", data_files=path, cache_dir=cache,
+                       schema={"question": str, "answer": float, "scores": list[float],
+                               "ok": bool, "tags": list[str]})
+    rows = random_access(source, "train")
+    got = [rows[i] for i in range(len(rows))]
+    assert got == [{**r, "answer": float(r["answer"])} for r in ROWS]
+    assert type(got[0]["answer"]) is float and type(got[0]["ok"]) is bool
+    streamed = hf_source("json", data_files=path, streaming=True).get_dataset("train",
+                                                                              shuffle=False)
+    assert [r["question"].decode() for r in streamed.as_numpy_iterator()] == [
+        g["question"] for g in got]
+    # The dataset is memory-mapped from its Arrow cache file: pickles by reference.
+    big = write_jsonl(tmp_path / "big.jsonl", [{"q": "x" * 1000, "n": i} for i in range(2000)])
+    big_rows = random_access(hf_source("json", data_files=big, cache_dir=cache), "train")
+    blob = pickle.dumps(big_rows)
+    assert len(blob) < 10_000 < os.path.getsize(big) and pickle.loads(blob)[1999]["n"] == 1999
+    with pytest.raises(IndexError):
+        rows[2]
+
+
+def test_random_access_nulls_name_split_row_and_column(tmp_path, cache):
+    from flan_jax.data.sources import random_access
+
+    path = write_jsonl(tmp_path / "gaps.jsonl", [{"q": "a", "n": 1}, {"q": "b"}])
+    rows = random_access(hf_source("json", data_files={"dev": path}, cache_dir=cache), "dev")
+    assert rows[0] == {"q": "a", "n": 1}
+    with pytest.raises(SourceError, match=r"gaps\.jsonl.* split 'dev': row 1: column 'n' is null"):
+        rows[1]
