@@ -164,7 +164,10 @@ def make_reader(cfg: DataConfig, *, saved: Mapping[str, Any] | None = None,
                 process_index: int = 0, process_count: int = 1):
     """This host's batch iterator (GrainReader or SeqioReader), continuing `saved` (the data
     position of a checkpoint: refused, naming the setting, if it was another stream)."""
+    from flan_jax.data.reader.build import leaf_tasks
+
     import_task_modules(cfg)
+    leaf_tasks(cfg.mixture_or_task_name)  # a misspelt name fails here, naming the closest
     kind = cfg.reader
     if kind == "grain":
         from flan_jax.data.reader.build import UnsupportedMixture, resolve

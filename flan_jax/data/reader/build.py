@@ -36,8 +36,17 @@ class UnsupportedMixture(ReaderError):
 
 def leaf_tasks(mixture_or_task: str) -> list[tuple[Any, float]]:
     """(seqio Task, rate) of every task with a positive rate (a Task alone: rate 1)."""
+    import difflib
+
     import seqio
 
+    if mixture_or_task not in (*seqio.MixtureRegistry.names(), *seqio.TaskRegistry.names()):
+        close = difflib.get_close_matches(mixture_or_task, [*seqio.MixtureRegistry.names(),
+                                                            *seqio.TaskRegistry.names()], n=3)
+        raise ReaderError(f"DataConfig.mixture_or_task_name={mixture_or_task!r} is not a "
+                          "registered seqio Mixture or Task"
+                          + (f" (closest: {', '.join(close)})" if close else "")
+                          + "; is its module in DataConfig.module_imports?")
     provider = seqio.get_mixture_or_task(mixture_or_task)
     if isinstance(provider, seqio.Mixture):
         pairs = [(t, float(provider.get_rate(t))) for t in provider.tasks]

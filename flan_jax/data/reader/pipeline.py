@@ -107,6 +107,9 @@ class ChunkMaker:
 class GrainReader:
     """This host's batches: `next(reader)` is a dict of [rows, length] int32 arrays.
 
+    `workers` > 0: Grain worker processes make chunks; 0: a thread of this process does,
+    `prefetch` chunks ahead (prefetch=0: only when asked, in the caller's thread).
+
     `state()` is {shard: [chunk, row]} of the next row each local shard will give; pass it
     back (merged over hosts, see `train.data`) to continue the very same stream.
     """
@@ -183,11 +186,14 @@ def _grain_iterator(maker: ChunkMaker, first: int, workers: int,
     import grain
 
     _absl_flags_parsed()  # Grain reads absl flags; a library can't rely on app.run
-    ds = grain.MapDataset.range(first, _ENDLESS).map(maker).to_iter_dataset()
+    # No read threads: chunks are CPU-bound Python (threads only contend for the GIL), and
+    # Grain's default read-ahead of 500 elements would hold ~500 chunks in memory.
+    ds = grain.MapDataset.range(first, _ENDLESS).map(maker).to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=prefetch))
-    else:
+    elif prefetch > 0:  # a thread renders ahead while the trainer steps
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     return iter(ds)
 
