@@ -2,8 +2,10 @@
 (`flan-jax export`), and report each task's share (`--stats`).
 
 Text is read from each task's source, before tokenization, so an export needs no
-vocabulary work and holds one example at a time. A mixture is sampled in Python by its
-rates, with one stream per task, exactly as seqio weights its tasks. An export is written to
+vocabulary work and holds one example at a time. Mixtures of flan-jax tasks are read as
+the Grain training reader reads them (mixing by index, `reader/mixture.py`: the same rates
+and, for the same seed, the same examples in the same order); other mixtures are sampled in
+Python by their rates, one stream per task, as seqio weights them. An export is written to
 an anonymous file in the target directory (Linux `O_TMPFILE`) that is linked into place
 only when complete: killed at any moment, it leaves no partial file behind.
 """
@@ -111,7 +113,21 @@ def _has_text(ds: Any) -> bool:
 def rows(name: str, split: str = "train", *, seed: int = 0,
          shuffle: bool = True) -> Iterator[dict[str, Any]]:
     """Text rows of a task (one pass) or a mixture (sampled by rate, endless)."""
+    from flan_jax.data.reader.build import UnsupportedMixture
+    from flan_jax.data.reader.build import resolve as resolve_reader
+    from flan_jax.errors import ReaderError
+
     obj = resolve(name)
+    try:
+        names, rates, split_rows, _ = resolve_reader(name, split)
+    except UnsupportedMixture:
+        pass
+    except ReaderError as e:
+        raise ExportError(str(e)) from None
+    else:
+        yield from _indexed_rows(names, rates, split_rows, seed=seed, shuffle=shuffle,
+                                 one_pass=isinstance(obj, seqio.Task))
+        return
     if isinstance(obj, seqio.Task):
         yield from task_rows(obj, split, shuffle=shuffle, seed=seed)
         return
@@ -127,6 +143,29 @@ def rows(name: str, split: str = "train", *, seed: int = 0,
             streams[task.name] = task_rows(task, split, shuffle=shuffle,
                                            seed=rng.randrange(2**31), repeat=True)
         yield next(streams[task.name])
+
+
+def _indexed_rows(names: Sequence[str], rates: Sequence[float], split_rows: Sequence[Any], *,
+                  seed: int, shuffle: bool, one_pass: bool) -> Iterator[dict[str, Any]]:
+    """Rows by global index through the reader's mixing (a Task alone: each row once)."""
+    import numpy as np
+
+    from flan_jax.data.reader.mixture import IndexMixture
+
+    mixture = IndexMixture(names, rates, [len(r) for r in split_rows], seed=seed or 0,
+                           shuffle=shuffle)
+    end = len(split_rows[0]) if one_pass else None
+    start, step = 0, 256
+    while end is None or start < end:
+        stop = start + step if end is None else min(start + step, end)
+        if one_pass:  # the task's first epoch: each row once (permuted when shuffled)
+            tasks = np.zeros(stop - start, np.int64)
+            picks = mixture.rows(tasks, np.arange(start, stop))
+        else:
+            tasks, picks = mixture.lookup_many(np.arange(start, stop))
+        for t, r in zip(tasks.tolist(), picks.tolist()):
+            yield _row(split_rows[t][r], names[t])
+        start = stop
 
 
 @dataclasses.dataclass(frozen=True)

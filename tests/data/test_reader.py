@@ -388,3 +388,22 @@ def test_tasks_the_grain_reader_cant_read_fall_back_to_seqio_with_a_warning(capl
         caplog.text
     assert len(take(reader, 1)[0]["encoder_input_tokens"]) == 8
     assert leaf_tasks(name)[0][1] == 1.0
+
+
+def test_show_and_export_read_a_mixture_through_the_readers_mixing():
+    from flan_jax.data import export
+
+    names, rates, rows, _ = resolve(mixtures.default.TRAIN_MIXTURE, "train")
+    m = IndexMixture(names, rates, [len(r) for r in rows], seed=5)
+    tasks, picks = m.lookup_many(np.arange(40))
+    got = [r for _, r in zip(range(40), export.rows(mixtures.default.TRAIN_MIXTURE, seed=5))]
+    for row, t, p in zip(got, tasks, picks):
+        want = rows[t][p]
+        assert (row["inputs"], row["targets"], row["task"]) == (
+            want["inputs"], want["targets"], want["task"])
+    shuffled = [r["inputs"] for r in export.rows("synth_arithmetic:zs_noopt", "validation",
+                                                 seed=1)]
+    ordered = [r["inputs"] for r in export.rows("synth_arithmetic:zs_noopt", "validation",
+                                                shuffle=False)]
+    assert len(shuffled) == 200 and sorted(shuffled) == sorted(ordered)  # each row once
+    assert shuffled != ordered
