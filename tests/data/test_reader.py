@@ -4,6 +4,7 @@ exact O(1) resume; disjoint hosts; errors that name the row; workers that fail l
 import collections
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -407,3 +408,40 @@ def test_show_and_export_read_a_mixture_through_the_readers_mixing():
                                                 shuffle=False)]
     assert len(shuffled) == 200 and sorted(shuffled) == sorted(ordered)  # each row once
     assert shuffled != ordered
+
+
+def test_workers_exit_when_the_trainer_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import os, time\n"
+        "def main():\n"
+        "    from flan_jax.train.data import DataConfig, make_reader\n"
+        "    r = make_reader(DataConfig(batch_size=4, workers=1, chunk_examples=16,\n"
+        "                               task_feature_lengths={'inputs': 64, 'targets': 16}))\n"
+        "    next(r)\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(300)\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(root)}, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        children = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"],
+                                  capture_output=True, text=True).stdout.split()
+        assert children, "no worker process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{c}").exists() for c in children):
+            assert time.monotonic() < deadline, "a worker outlived its trainer"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -192,10 +192,28 @@ def _grain_iterator(maker: ChunkMaker, first: int, workers: int,
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=prefetch))
+                                                         per_worker_buffer_size=prefetch),
+                            worker_init_fn=_exit_with_parent)
     elif prefetch > 0:  # a thread renders ahead while the trainer steps
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     return iter(ds)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """In each worker: exit when the trainer is gone (killed by SIGKILL or OOM, it can't
+    stop its workers, which would otherwise live on holding memory and cores)."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="flan_jax-parent-watch", daemon=True).start()
 
 
 def _absl_flags_parsed() -> None:
