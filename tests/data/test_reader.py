@@ -1,7 +1,6 @@
 """The Grain training reader against the seqio reader: same rates, same text, same features;
 exact O(1) resume; disjoint hosts; errors that name the row; workers that fail loudly."""
 
-import collections
 import json
 import os
 from pathlib import Path
