@@ -28,16 +28,9 @@ class IndexedExemplars:
     def candidates(self, seed: int, query_key: str, k: int) -> list[Example]:
         """Up to k distinct examples of the split other than the query, in a seeded order."""
         n = len(self.rows)
-        seen, out = {query_key}, []
-        for attempt in range(k * self.tries if n else 0):
-            ex = self.fields(self.rows[choose(seed, query_key, "shot", str(attempt), n=n)])
-            key = example_key(ex)
-            if key not in seen:
-                seen.add(key)
-                out.append(ex)
-                if len(out) == k:
-                    break
-        return out
+        draws = (self.fields(self.rows[choose(seed, query_key, "shot", str(attempt), n=n)])
+                 for attempt in range(k * self.tries if n else 0))
+        return _distinct(((example_key(ex), ex) for ex in draws), query_key, k)
 
 
 @dataclasses.dataclass
@@ -71,18 +64,24 @@ class ExemplarPool:
 
     def candidates(self, seed: int, query_key: str, k: int) -> list[Example]:
         """Up to k distinct pool examples other than the query, in a seeded order."""
-        others = [(key, ex) for key, ex in self._items if key != query_key]
         # Rank by a hash of (seed, query, candidate): deterministic, different per query.
-        others.sort(key=lambda item: choose(seed, query_key, item[0], n=2**61))
-        seen: set[str] = set()
-        out = []
-        for key, ex in others:
-            if key not in seen:
-                seen.add(key)
-                out.append(ex)
+        ranked = sorted(self._items, key=lambda item: choose(seed, query_key, item[0], n=2**61))
+        return _distinct(ranked, query_key, k)
+
+
+def _distinct(candidates: Iterable[tuple[str, Example]], query_key: str,
+              k: int) -> list[Example]:
+    """The first k candidates whose keys differ from the query's and from each other."""
+    seen, out = {query_key}, []
+    if k <= 0:
+        return out
+    for key, ex in candidates:  # (lazy: no candidate is read after the k-th is found)
+        if key not in seen:
+            seen.add(key)
+            out.append(ex)
             if len(out) == k:
                 break
-        return out
+    return out
 
 
 def pack_exemplars(rendered: Sequence[tuple[str, str]], query_inputs: str,
