@@ -18,3 +18,7 @@ class SourceError(FlanJaxError):
 class ReaderError(FlanJaxError):
     """A training-reader setting or saved reader state that can't be used (names the
     DataConfig field, task or checkpoint setting at fault)."""
+
+
+class ConfigError(FlanJaxError):
+    """A gin binding or setting that can't be used; the message names the binding."""

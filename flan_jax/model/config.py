@@ -14,6 +14,9 @@ import jax.numpy as jnp
 FeedForward = Literal["relu", "gated-gelu"]
 
 VARIANTS = ("t5_1_0", "t5_1_1", "flan_t5")
+# What a run decides (nothing here changes a parameter's shape or meaning); every other field
+# is the architecture, which a checkpoint decides.
+RUN_FIELDS = ("dropout_rate", "param_dtype", "dtype", "attention_backend", "remat")
 REMAT_POLICIES = ("none", "full", "dots")
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 

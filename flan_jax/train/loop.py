@@ -63,8 +63,9 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
           step_timeout: float | None = None, progress: bool = True) -> RunResult:
     """Trains (or resumes) a model in `model_dir` up to `total_steps`.
 
-    `init_from`: a Hugging Face or flan-jax model directory to finetune (its config replaces
-    the gin T5Config). With `evaluate`, `eval_every=0` evaluates at the start (if
+    `init_from`: a Hugging Face or flan-jax model directory to finetune: its config gives the
+    architecture, gin the run settings (`T5Config` dropout, dtypes, remat, backend); a gin
+    binding that would change a shape field is refused. With `evaluate`, `eval_every=0` evaluates at the start (if
     `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
     `step_timeout`: seconds without a finished step (after the first) before the process exits
     with a StepTimeoutError, so a multi-host run whose peer died stops instead of hanging.
@@ -205,10 +206,13 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
 def _model(init_from: str | None) -> tuple[T5Config, Any]:
     if init_from is None:
         return model_config(), None
+    from flan_jax.model.gin_config import check_architecture, run_settings
     from flan_jax.model.io import load_pretrained
-    cfg, params = load_pretrained(init_from)
-    log.info("finetuning %s (%s, %d+%d layers); gin T5Config bindings are ignored",
-             init_from, cfg.feed_forward, cfg.num_encoder_layers, cfg.num_decoder_layers)
+    cfg, params = load_pretrained(init_from, **run_settings())  # (cast to param_dtype)
+    check_architecture(cfg, init_from)
+    log.info("finetuning %s (%s, %d+%d layers) with %s", init_from, cfg.feed_forward,
+             cfg.num_encoder_layers, cfg.num_decoder_layers,
+             ", ".join(f"{k}={v!r}" for k, v in run_settings().items()))
     return cfg, params
 
 
