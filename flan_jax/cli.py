@@ -185,8 +185,9 @@ def _eval_table(results, baseline=None) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from flan_jax.train import evaluate, infer
 
+    trained, modules = evaluate.trained_data(args.checkpoint)  # what the run trained on
     model, _ = infer.load(args.checkpoint)
-    results = evaluate.Evaluator(evaluate.EvalConfig())(model)
+    results = evaluate.Evaluator(evaluate.EvalConfig(), trained, modules)(model)
     print(_eval_table(results))
     if args.output:
         evaluate.write_json(results, args.output)

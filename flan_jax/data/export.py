@@ -39,10 +39,25 @@ class ExportError(ValueError):
 
 
 def import_modules(modules: Sequence[str] = DEFAULT_MODULES) -> None:
-    """Imports task modules (a package: all of its modules), which register their tasks."""
+    """Imports task modules (a package: all of its modules), which register their tasks.
+
+    The working directory is importable, as under `python -m` (the `flan-jax` script alone
+    would not look there), so `--gin.DataConfig.module_imports="('my_tasks',)"` finds
+    ./my_tasks.py. Grain workers inherit this search path.
+    """
+    import sys
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in modules:
         try:
             module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name.split(".")[0] and e.name != name:
+                raise  # the module exists; something it imports does not
+            raise ExportError(f"can't import task module {name!r} (DataConfig.module_imports "
+                              f"/ --module): no such module in {os.getcwd()} or on "
+                              "PYTHONPATH") from e
         except ImportError as e:
             raise ExportError(f"can't import task module {name!r}: {e}") from e
         if hasattr(module, "__path__"):

@@ -80,8 +80,12 @@ class DataConfig:
 
 
 def import_task_modules(cfg: DataConfig) -> None:
+    """Imports the task modules and checks the mixture is registered (naming the closest)."""
     from flan_jax.data.export import import_modules
+    from flan_jax.data.reader.build import leaf_tasks
+
     import_modules(cfg.module_imports)
+    leaf_tasks(cfg.mixture_or_task_name)
 
 
 def per_host_batch_size(global_batch: int, process_count: int) -> int:
@@ -164,10 +168,7 @@ def make_reader(cfg: DataConfig, *, saved: Mapping[str, Any] | None = None,
                 process_index: int = 0, process_count: int = 1):
     """This host's batch iterator (GrainReader or SeqioReader), continuing `saved` (the data
     position of a checkpoint: refused, naming the setting, if it was another stream)."""
-    from flan_jax.data.reader.build import leaf_tasks
-
-    import_task_modules(cfg)
-    leaf_tasks(cfg.mixture_or_task_name)  # a misspelt name fails here, naming the closest
+    import_task_modules(cfg)  # a misspelt name fails here, naming the closest
     kind = cfg.reader
     if kind == "grain":
         from flan_jax.data.reader.build import UnsupportedMixture, resolve

@@ -1,14 +1,18 @@
 """Evaluation with `seqio.Evaluator`: decode each eval task, postprocess, score, by group.
 
-Groups are mixtures evaluated and reported apart: by default the families trained on
-(`held_in`) and the families kept out of training (`held_out`, zero-shot generalization, as
-FLAN reports it). Evaluators are built once per run (they cache their datasets).
+Groups are mixtures evaluated and reported apart. By default evaluation follows the run: one
+group named after the trained mixture (or task), holding a seeded sample of at most
+`max_tasks` of its tasks that have the eval split, so a collection of thousands of tasks
+costs `max_tasks` seqio pipelines, not thousands. `EvalConfig.groups` names groups instead
+(gin/runs/demo.gin: the default mixture's held-in and held-out families, as FLAN reports
+zero-shot generalization). Evaluators are built once per run (they cache their datasets).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,14 +23,22 @@ import numpy as np
 
 from flan_jax.decode import greedy_decode
 
+log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, float]]]  # group -> task -> metric -> value
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    groups: Mapping[str, str] = dataclasses.field(default_factory=lambda: {
-        "held_in": "flan_jax_default_held_in", "held_out": "flan_jax_default_held_out"})
+    """`groups`: {group: mixture or task}; None follows the run (see the module).
+    `groups_of`: the training mixture those groups were written for; a run that trains on
+    another one follows the run instead (so a gin file's groups never evaluate a mixture
+    other than the one trained, e.g. demo.gin's with `mixture_or_task_name` overridden)."""
+
+    groups: Mapping[str, str] | None = None
+    groups_of: str | None = None
+    max_tasks: int = 32  # of the trained mixture, when groups is None (seeded sample)
+    seed: int = 0
     split: str = "validation"
     num_examples: int | None = 48  # per task; None: the whole split
     batch_size: int = 32
@@ -40,15 +52,25 @@ class EvalConfig:
 class Evaluator:
     """One seqio.Evaluator per group; `__call__(model, step)` -> per-task metrics."""
 
-    def __init__(self, cfg: EvalConfig):
+    def __init__(self, cfg: EvalConfig, trained: str | None = None,
+                 trained_modules: tuple[str, ...] = ()):
+        """`trained`: the mixture or task the run trains on (what `groups=None` evaluates);
+        `trained_modules`: the modules that register it (DataConfig.module_imports)."""
         import seqio
 
         from flan_jax.data.export import import_modules
 
-        import_modules(cfg.module_imports)
+        import_modules(tuple(dict.fromkeys((*cfg.module_imports, *trained_modules))))
         self.cfg = cfg
         self.evaluators = {}
-        for group, name in cfg.groups.items():
+        groups = cfg.groups
+        if groups is not None and trained and cfg.groups_of not in (None, trained):
+            log.info("evaluating %r itself: EvalConfig.groups are for %r", trained,
+                     cfg.groups_of)
+            groups = None
+        if groups is None:
+            groups = follow_the_run(cfg, trained)
+        for group, name in groups.items():
             self.evaluators[group] = seqio.Evaluator(
                 mixture_or_task_name=name,
                 feature_converter=seqio.EncDecFeatureConverter(pack=False),
@@ -78,6 +100,61 @@ class Evaluator:
                                    num_examples=self.cfg.num_examples,
                                    batch_size=self.cfg.batch_size,
                                    lengths=dict(self.cfg.task_feature_lengths))
+
+
+def follow_the_run(cfg: EvalConfig, trained: str | None) -> dict[str, str]:
+    """{trained name: an eval mixture of a seeded sample of its tasks with the eval split}."""
+    import random
+
+    import seqio
+
+    from flan_jax.data.mixing import register_mixture
+    from flan_jax.data.reader.build import leaf_tasks
+
+    if trained is None:
+        raise ValueError("EvalConfig.groups=None evaluates what the run trains on; give "
+                         "EvalConfig.groups = {'name': 'mixture'} to evaluate without a run")
+    tasks = sorted(t.name for t, _ in leaf_tasks(trained) if cfg.split in t.source.splits)
+    if not tasks:
+        raise ValueError(f"none of the tasks of {trained!r} has split {cfg.split!r} to "
+                         "evaluate; set EvalConfig.split or EvalConfig.groups, or "
+                         "train.evaluate=False")
+    if len(tasks) > cfg.max_tasks:
+        tasks = sorted(random.Random(cfg.seed).sample(tasks, cfg.max_tasks))
+    if len(tasks) == 1 and trained in seqio.TaskRegistry.names():
+        return {trained: trained}
+    name = register_mixture(f"{trained}.eval", {t: 1.0 for t in tasks}, replace=True)
+    return {trained: name}
+
+
+def trained_data(checkpoint: str | os.PathLike[str]) -> tuple[str, tuple[str, ...]]:
+    """(mixture, module_imports) a checkpoint was trained on, for `flan-jax eval`: gin's
+    DataConfig bindings if this command sets them, else the run's config.gin (in the run
+    dir, or beside a run's `model/` dir), else DataConfig's defaults."""
+    import ast
+    import re
+
+    from flan_jax.train.data import DataConfig
+
+    cfg = DataConfig()
+    bound = gin.get_bindings("DataConfig")
+    found = {}
+    path = Path(checkpoint)
+    for candidate in (path / "config.gin", path.parent / "config.gin"):
+        if candidate.is_file():
+            for key in ("mixture_or_task_name", "module_imports"):
+                m = re.search(rf"^DataConfig\.{key} = (.+)$", candidate.read_text(), re.M)
+                if m:
+                    try:
+                        found[key] = ast.literal_eval(m.group(1))
+                    except (ValueError, SyntaxError):
+                        pass
+            break
+    name = cfg.mixture_or_task_name if "mixture_or_task_name" in bound else found.get(
+        "mixture_or_task_name", cfg.mixture_or_task_name)
+    modules = cfg.module_imports if "module_imports" in bound else tuple(found.get(
+        "module_imports", cfg.module_imports))
+    return name, modules
 
 
 def _scalar(value: Any) -> float:

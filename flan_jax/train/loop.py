@@ -80,6 +80,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     # Everything gin describes is built first, so a bad binding fails before any work (the
     # optimizer as soon as the model's logical axes are known: Adafactor needs them).
     data_cfg, loss_cfg = data_lib.DataConfig(), LossConfig()
+    data_lib.import_task_modules(data_cfg)  # a missing module or mixture: before the model
     eval_cfg = eval_lib.EvalConfig()
     mesh = parallel.make_mesh(parallel.MeshConfig())
     rules = parallel.logical_axis_rules()
@@ -127,7 +128,9 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     if start >= total_steps:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
 
-    evaluator = eval_lib.Evaluator(eval_cfg) if evaluate and start < total_steps else None
+    evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
+                                    data_cfg.module_imports)
+                 if evaluate and start < total_steps else None)
     throughput = Throughput.for_model(
         cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
         data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)

@@ -134,6 +134,9 @@ def test_eight_devices_give_the_same_losses_as_one(straight_run, tmp_path):
     (["--gin.DataConfig.batch_sise=5"], "batch_sise"),
     (["--gin_file=runs/nope.gin"], "runs/nope.gin"),
     (["--gin.learning_rate_schedule.name='linear'"], "learning_rate_schedule.name='linear'"),
+    (["--gin.DataConfig.module_imports=('no_such_tasks',)"], "task module 'no_such_tasks'"),
+    (["--gin.DataConfig.mixture_or_task_name='flan_jax_defualt'"], "closest: flan_jax_default"),
+    (["--gin.DataConfig.reader='tfdata'"], "DataConfig.reader='tfdata'"),
 ])
 def test_bad_configuration_stops_before_any_work_naming_it(args, match, tmp_path):
     d = tmp_path / "run"
