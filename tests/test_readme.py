@@ -72,3 +72,29 @@ def test_own_task_train_eval_infer_runs_as_written_from_a_fresh_directory(tmp_pa
     assert "capitals:fs_noopt" in outputs[0] and "synth_" not in outputs[0]
     assert "capitals:zs_noopt" in outputs[1] and "synth_" not in outputs[1]
     assert "> What is the capital of Peru?" in outputs[2]
+
+
+def test_evaluation_follows_the_run_plus_configured_groups_only():
+    import gin
+
+    import mixtures.default  # noqa: F401
+    from flan_jax.train.evaluate import EvalConfig, follow_the_run
+
+    try:
+        gin.parse_config(["import flan_jax.train.loop",
+                          "EvalConfig.max_tasks = 3", "EvalConfig.seed = 1"])
+        cfg = EvalConfig()
+        groups = follow_the_run(cfg, "flan_jax_default")
+        assert list(groups) == ["flan_jax_default"]
+        def sample():
+            name = follow_the_run(cfg, "flan_jax_default")["flan_jax_default"]
+            return sorted(t.name for t in seqio.get_mixture_or_task(name).tasks)
+
+        tasks = sample()
+        trained = {t.name for t in seqio.get_mixture_or_task("flan_jax_default").tasks}
+        assert len(tasks) == 3 and set(tasks) <= trained and sample() == tasks  # seeded
+        assert follow_the_run(cfg, "synth_weekday:zs_opt") == {
+            "synth_weekday:zs_opt": "synth_weekday:zs_opt"}
+        assert not cfg.extra_groups  # nothing held out unless configured
+    finally:
+        gin.clear_config()

@@ -37,6 +37,8 @@ class EvalConfig:
 
     groups: Mapping[str, str] | None = None
     groups_of: str | None = None
+    # Evaluated besides, whatever is trained (e.g. held-out tasks: {'held_out': 'my_mix'}).
+    extra_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
     max_tasks: int = 32  # of the trained mixture, when groups is None (seeded sample)
     seed: int = 0
     split: str = "validation"
@@ -70,6 +72,7 @@ class Evaluator:
             groups = None
         if groups is None:
             groups = follow_the_run(cfg, trained)
+        groups = {**groups, **cfg.extra_groups}
         for group, name in groups.items():
             self.evaluators[group] = seqio.Evaluator(
                 mixture_or_task_name=name,
