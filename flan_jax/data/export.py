@@ -12,15 +12,12 @@ only when complete: killed at any moment, it leaves no partial file behind.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import pkgutil
 import random
-import signal
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 
 import seqio
 
+from flan_jax.atomic import atomic_file
 from flan_jax.data.templates import plain_value
 
 TEXT_FEATURES = ("inputs", "targets", "task", "format", "template_id")
@@ -204,7 +202,7 @@ def export_jsonl(name: str, out: str | os.PathLike[str], *, n: int | None = None
         raise ExportError(f"{out.parent}: no such directory")
     per_task: Counter[str] = Counter()
     count = 0
-    with _atomic_writer(out) as f:
+    with atomic_file(out) as f:
         for row in rows(name, split, seed=seed, shuffle=True):
             if n is not None and count >= n:
                 break
@@ -216,60 +214,3 @@ def export_jsonl(name: str, out: str | os.PathLike[str], *, n: int | None = None
     return ExportResult(out, count, per_task)
 
 
-@contextlib.contextmanager
-def _atomic_writer(out: Path) -> Iterator[Any]:
-    """A text file that appears at `out` complete or not at all.
-
-    With O_TMPFILE the data has no name until it is linked at the end, so even SIGKILL
-    leaves nothing; elsewhere a dot-named temp file is removed on errors and SIGTERM.
-    """
-    fd = None
-    if hasattr(os, "O_TMPFILE"):
-        with contextlib.suppress(OSError):
-            fd = os.open(out.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
-    tmp_name = None
-    if fd is None:
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    previous = _raise_on_sigterm()
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-            if tmp_name is None:
-                # Give the anonymous file a temporary name, then rename it over `out`.
-                tmp_name = str(out.parent / f".{out.name}.{os.getpid()}.tmp")
-                _link_anonymous(f.fileno(), tmp_name)
-        os.replace(tmp_name, out)
-        tmp_name = None
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _link_anonymous(fd: int, path: str) -> None:
-    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: os.link can't follow that magic link."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd, at_symlink_follow = -100, 0x400
-    if libc.linkat(at_fdcwd, f"/proc/self/fd/{fd}".encode(), at_fdcwd, os.fsencode(path),
-                   at_symlink_follow) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"can't link the finished export to {path}: {os.strerror(err)}")
-
-
-def _raise_on_sigterm():
-    """Turns SIGTERM into an exception (so `finally` cleans up); main thread only."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handler)

@@ -92,8 +92,8 @@ def with_special_tokens(path: str, tokens: Sequence[str], cache_dir: str | None 
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"{Path(path).stem}-{digest}.model"
     if not out.exists():
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        from flan_jax.atomic import atomic_file
+
+        with atomic_file(out, "wb") as f:
             f.write(proto.SerializeToString())
-        os.replace(tmp, out)
     return str(out)

@@ -201,10 +201,11 @@ def summary(results: Results) -> dict[str, float]:
 
 
 def write_json(results: Results, path: str | os.PathLike[str]) -> Path:
-    """Writes results atomically (temp file + rename)."""
+    """Writes results atomically (complete or not at all)."""
+    from flan_jax.atomic import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(results, indent=1, sort_keys=True))
     return path

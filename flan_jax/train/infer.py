@@ -109,14 +109,12 @@ def read_inputs(path: str | Path, field: str = "inputs") -> Iterator[dict[str, A
 
 
 def write_outputs(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Writes JSONL atomically (temp file + rename); returns the row count."""
-    import os
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Writes JSONL atomically (complete or not at all); returns the row count."""
+    from flan_jax.atomic import atomic_file
+
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
