@@ -29,9 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from flan_jax.kernels.common import M_INIT as _M_INIT
+from flan_jax.kernels.common import MASK_VALUE
+from flan_jax.kernels.common import dot as _dot
+
 MODES = ("interpret", "triton", "mosaic_tpu", "mosaic_tpu_interpret")
-MASK_VALUE = -1e9  # what the xla reference adds to masked scores
-_M_INIT = -1e30  # running max before the first tile (below MASK_VALUE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +131,6 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 # ---------------------------------------------------------------------------------------------
 # Shared tile math
-
-
-def _dot(a, b, contract_a: int, contract_b: int) -> jax.Array:
-    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
-                           preferred_element_type=jnp.float32)
 
 
 def _tile_mask(cfg, qseg, kseg, qpos, kpos):

@@ -45,9 +45,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 # One tile matmul (f32 accumulation) and the running max's start, shared with the GPU kernel.
-from flan_jax.kernels.flash_attention import _M_INIT, _dot
+from flan_jax.kernels.common import M_INIT as _M_INIT
+from flan_jax.kernels.common import MASK_VALUE
+from flan_jax.kernels.common import dot as _dot
 
-MASK_VALUE = -1e9
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flan_jax.kernels import flash_attention
+from flan_jax.kernels.common import MASK_VALUE
 from flan_jax.model.config import T5Config
 from flan_jax.model.layers import (RelativePositionBias, dropout, param,
                                    relative_position_bucket)
@@ -33,7 +34,6 @@ from flan_jax.model.layers import (RelativePositionBias, dropout, param,
 BACKENDS = ("auto", "xla", "pallas", "pallas_interpret", "pallas_tpu_interpret")
 KERNEL_BACKENDS = ("pallas", "pallas_interpret", "pallas_tpu_interpret")
 # Large negative instead of -inf so a fully masked (padding) query row stays finite.
-_MASK_VALUE = -1e9
 # Flash-attention tiles for the kernel backends (interpret mode shrinks them to short inputs).
 BLOCK_Q = 128
 BLOCK_K = 128
@@ -137,7 +137,7 @@ def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
             q_positions=q_positions, kv_positions=kv_positions)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal)
     bias = jnp.zeros((), jnp.float32) if relpos is None else relpos(q_positions, kv_positions)
-    return AttentionInputs(dense_bias=jnp.where(mask, bias, _MASK_VALUE), backend=backend)
+    return AttentionInputs(dense_bias=jnp.where(mask, bias, MASK_VALUE), backend=backend)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs,
