@@ -92,7 +92,7 @@ def generate(model, vocabulary, texts: Sequence[str], *, max_input_len: int = 25
         chunk = list(texts[start:start + batch_size])
         tokens = np.zeros((batch_size, max_input_len), np.int32)
         for i, text in enumerate(chunk):
-            ids = list(vocabulary.encode(text))[:max_input_len - 1] + [1]  # EOS, as in training
+            ids = [*vocabulary.encode(text)][:max_input_len - 1] + [vocabulary.eos_id]
             tokens[i, :len(ids)] = ids
         result = decode(model, tokens, method=method, max_decode_len=max_decode_len,
                         **decode_kwargs)

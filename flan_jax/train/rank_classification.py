@@ -21,6 +21,7 @@ from flax import nnx
 from flan_jax.data import formats as F
 from flan_jax.data.flan import RenderedSource
 from flan_jax.data.sources import iter_source
+from flan_jax.model.losses import token_cross_entropy
 
 OPTION_FORMATS = (F.ZS_OPT, F.FS_OPT)
 
@@ -89,5 +90,5 @@ def _log_likelihood(graphdef, state, enc: jax.Array, targets: jax.Array) -> jax.
     model = nnx.merge(graphdef, state)
     dec_in = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
     logits = model(enc, dec_in)  # f32 [b, lt, vocab]
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    lp = -token_cross_entropy(logits, targets)  # the trainer's loss, per token
     return jnp.sum(jnp.where(targets != 0, lp, 0.0), axis=-1)
