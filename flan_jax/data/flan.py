@@ -18,6 +18,7 @@ from flan_jax.data import formats as F
 from flan_jax.data import metrics
 from flan_jax.data.render import (RENDERED_FEATURES, CotFields, Example, FewShotConfig,
                                   FlanRenderer, FlanTask, RenderedRows, render_every_template)
+from flan_jax.data.registry import make_room
 from flan_jax.data.sources import _tf_dataset, iter_source, random_access
 from flan_jax.data.tokenizer import token_counter, tokenizer_for
 
@@ -105,13 +106,10 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
         "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
     }
     names = []
+    make_room(seqio.TaskRegistry, [F.task_name(spec.name, f) for f in wanted],
+              replace=replace, kind="Task")
     for fmt in wanted:
         name = F.task_name(spec.name, fmt)
-        if name in seqio.TaskRegistry.names():
-            if not replace:
-                raise ValueError(f"seqio Task {name!r} is already registered "
-                                 "(pass replace=True to register it again)")
-            seqio.TaskRegistry.remove(name)
         postprocess = spec.postprocess_fn
         if postprocess is None and fmt in (F.COT_ZS, F.COT_FS):
             postprocess = _cot_postprocessor

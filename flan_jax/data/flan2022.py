@@ -24,6 +24,7 @@ import seqio
 from flan_jax.data import formats as F
 from flan_jax.data import prepare as P
 from flan_jax.data.prepare import COLUMNS, check_nulls, open_parquet
+from flan_jax.data.registry import make_room
 from flan_jax.data.rows import ConcatRows, JsonlRows, ListRows, parse_row
 from flan_jax.data.sources import SourceError, indexed_source, read_jsonl
 
@@ -128,13 +129,8 @@ def register_flan2022_submix(name: str, files_by_split: Mapping[str, Files],
             fmt = template_formats[ttype]
             keys, _ = tasks.setdefault(F.task_name(f"{name}.{safe}", fmt), (set(), fmt))
             keys.add((task, ttype))
-    taken = sorted(set(tasks) & set(seqio.TaskRegistry.names()))
-    if taken and not replace:  # checked up front, so a refusal registers nothing
-        raise ValueError(f"seqio Task(s) {taken[:3]}{' ...' if len(taken) > 3 else ''} "
-                         "already registered (pass replace=True to register them again)")
+    make_room(seqio.TaskRegistry, tasks, replace=replace, kind="Task")
     for tname, (keys, fmt) in sorted(tasks.items()):
-        if tname in taken:
-            seqio.TaskRegistry.remove(tname)
         seqio.TaskRegistry.add(
             tname,
             source=_indexed(files, scans, prepared, template_formats, keys),

@@ -161,10 +161,8 @@ def recipe_rates(tasks_by_submixture: Mapping[str, Sequence[str]],
 
 def register_mixture(name: str, rates: Mapping[str, float], *, replace: bool = False) -> str:
     """Registers a seqio Mixture with these rates."""
-    if name in seqio.MixtureRegistry.names():
-        if not replace:
-            raise ValueError(f"seqio Mixture {name!r} is already registered "
-                             "(pass replace=True to register it again)")
-        seqio.MixtureRegistry.remove(name)
+    from flan_jax.data.registry import make_room
+
+    make_room(seqio.MixtureRegistry, [name], replace=replace, kind="Mixture")
     seqio.MixtureRegistry.add(name, sorted(rates.items()))
     return name

@@ -99,7 +99,8 @@ def test_per_task_registration_names_counts_and_values(tmp_path, registry):
     assert len(examples("sub.story_cloze_1.0:fs_opt", "validation")) == 1
     assert len(examples("sub.anli_r1:zs_opt", "validation")) == 2
 
-    with pytest.raises(ValueError, match=r"Task\(s\) \['sub.anli_r1:fs_opt', .* already"):
+    with pytest.raises(ValueError,
+                       match=r"Tasks 'sub.anli_r1:fs_opt', .* are already registered"):
         G.register_flan2022_submix("sub", {"train": train}, VOCAB)
     assert G.register_flan2022_submix("sub", {"train": train}, VOCAB, replace=True) == names
 
