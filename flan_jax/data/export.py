@@ -26,7 +26,7 @@ from typing import Any
 import seqio
 
 from flan_jax.atomic import atomic_file
-from flan_jax.data.templates import plain_value
+from flan_jax.data.templates import plain_text
 
 TEXT_FEATURES = ("inputs", "targets", "task", "format", "template_id")
 DEFAULT_MODULES = ("mixtures",)  # every module of this package is imported
@@ -88,8 +88,7 @@ def _row(example: dict[str, Any], task: str) -> dict[str, Any]:
     row = {}
     for key in TEXT_FEATURES:
         if key in example:
-            value = plain_value(example[key])
-            row[key] = value.decode("utf-8") if isinstance(value, bytes) else value
+            row[key] = plain_text(example[key])
     row.setdefault("task", task)
     return row
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flan_jax.data.templates import plain_value
+from flan_jax.data.templates import plain_text
 
 ZS_OPT, ZS_NOOPT = "zs_opt", "zs_noopt"
 FS_OPT, FS_NOOPT = "fs_opt", "fs_noopt"
@@ -47,9 +47,7 @@ def choose(seed: int, *keys: str, n: int) -> int:
 
 
 def _jsonable(value: Any) -> Any:
-    value = plain_value(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+    value = plain_text(value, errors="replace")
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
@@ -97,8 +95,7 @@ def extract_cot_answer(text: str) -> str:
     Uses the last 'the answer is'; text without one is returned stripped, so a model that
     answers directly is still scored on its answer.
     """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
+    text = plain_text(text)
     idx = text.lower().rfind("the answer is")
     if idx < 0:
         return text.strip()

@@ -10,13 +10,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from flan_jax.data.templates import plain_text
+
 _SPACE = re.compile(r"\s+")
 
 
 def normalize(text: Any) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    text = _SPACE.sub(" ", str(text)).strip().lower()
+    text = _SPACE.sub(" ", str(plain_text(text))).strip().lower()
     return text[:-1].rstrip() if text.endswith(".") else text
 
 

@@ -111,10 +111,14 @@ def plain_value(value: Any) -> Any:
     return value
 
 
-def _text(value: Any) -> str:
+def plain_text(value: Any, errors: str = "strict") -> Any:
+    """`plain_value`, with bytes decoded as UTF-8: the one bytes -> str conversion."""
     value = plain_value(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
+    return value.decode("utf-8", errors=errors) if isinstance(value, bytes) else value
+
+
+def _text(value: Any) -> str:
+    value = plain_text(value)
     if isinstance(value, (list, tuple)):  # a list in a plain slot reads as "a, b, c"
         return ", ".join(_text(v) for v in value)
     return str(value)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flan_jax.data.sources import Schema, SourceError, indexed_source, validate_schema
+from flan_jax.data.templates import plain_text
 
 # Python type -> tf.data dtype name; lists of these have shape (None,).
 _DTYPES = {str: "string", int: "int64", float: "float32", bool: "bool"}
@@ -109,7 +110,7 @@ def _plain(value: Any, want: Any) -> Any:
     """A decoded TFDS value (numpy scalar, bytes, array or list) as `want`."""
     if want in _DTYPES:
         if want is str:
-            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            return str(plain_text(value))
         if hasattr(value, "shape") and value.shape != ():
             raise ValueError(f"expected a scalar, got shape {value.shape}")
         return want(value.item() if hasattr(value, "item") else value)
