@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -78,19 +79,25 @@ _OPEN_FILES = 64  # per process: a collection has thousands of files, a process 
 
 
 class _Handles:
-    """A few open files, least recently used closed first (shared by all JsonlRows)."""
+    """A few open files, least recently used closed first (shared by all JsonlRows).
+
+    `pread` reads at an offset without a shared file position, under a lock (so a handle is
+    never closed mid-read): safe from any number of threads.
+    """
 
     def __init__(self, size: int):
         self.size, self.files = size, collections.OrderedDict()
+        self.lock = threading.Lock()
 
-    def get(self, path: Path):
-        f = self.files.pop(path, None)
-        if f is None:
-            f = path.open("rb")
-            while len(self.files) >= self.size:
-                self.files.popitem(last=False)[1].close()
-        self.files[path] = f
-        return f
+    def pread(self, path: Path, start: int, stop: int) -> bytes:
+        with self.lock:
+            fd = self.files.pop(path, None)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY)
+                while len(self.files) >= self.size:
+                    os.close(self.files.popitem(last=False)[1])
+            self.files[path] = fd
+            return os.pread(fd, stop - start, start)
 
 
 _HANDLES = _Handles(_OPEN_FILES)
@@ -112,6 +119,7 @@ class JsonlRows:
         self.schema = dict(schema) if schema is not None else None
         self.skip_invalid = skip_invalid
         self._offsets = offsets
+        self._file_size: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         self.offsets  # workers get the index, never rebuild it
@@ -130,13 +138,19 @@ class JsonlRows:
         offsets = self.offsets
         if not 0 <= index < len(offsets):
             raise IndexError(f"{self.path}: row {index} of {len(offsets)}")
-        f = _HANDLES.get(self.path)
-        f.seek(int(offsets[index]))
-        line = f.readline()
+        start = int(offsets[index])
+        stop = int(offsets[index + 1]) if index + 1 < len(offsets) else self._size()
+        # Up to the next indexed row: this row, then maybe blank or (skipped) bad lines.
+        line = _HANDLES.pread(self.path, start, stop).split(b"\n", 1)[0]
         try:
             return parse_row(line, self.schema)
         except SourceError as e:
             raise SourceError(f"{self.path}:{self.line_number(index)}: {e}") from None
+
+    def _size(self) -> int:
+        if self._file_size is None:
+            self._file_size = self.path.stat().st_size
+        return self._file_size
 
     def line_number(self, index: int) -> int:
         """1-based line of row `index` (counts the file's newlines: for error messages)."""
@@ -149,6 +163,7 @@ class JsonlRows:
             data = np.fromfile(self.path, dtype=np.uint8)
         except OSError as e:
             raise SourceError(f"{self.path}: cannot open ({e.strerror})") from e
+        self._file_size = len(data)  # rows appended later are not in the index
         ends = np.flatnonzero(data == ord("\n"))
         starts = np.concatenate([[0], ends + 1]).astype(np.int64)
         stops = np.concatenate([ends, [len(data)]]).astype(np.int64)

@@ -56,12 +56,23 @@ class VocabularyTokenizer:
         return list(self.vocabulary.encode(text))
 
 
+_SHARED: dict[tuple[int, int], SentencePieceTokenizer] = {}
+
+
 def tokenizer_for(vocabulary: Any) -> Tokenizer:
-    """The TF-free twin of a seqio vocabulary (falls back to calling the vocabulary)."""
+    """The TF-free twin of a seqio vocabulary (falls back to calling the vocabulary).
+
+    One tokenizer per SentencePiece model: thousands of tasks over one vocabulary share it,
+    so a worker process loads the model once, not once per task.
+    """
     import seqio
 
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        return SentencePieceTokenizer(vocabulary.sp_model, vocabulary.eos_id)
+        model = vocabulary.sp_model  # (seqio keeps one bytes object per model file)
+        key = (id(model), vocabulary.eos_id)
+        if key not in _SHARED or _SHARED[key].model is not model:
+            _SHARED[key] = SentencePieceTokenizer(model, vocabulary.eos_id)
+        return _SHARED[key]
     if type(vocabulary) is seqio.ByteVocabulary:
         return ByteTokenizer()
     return VocabularyTokenizer(vocabulary)

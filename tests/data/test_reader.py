@@ -444,3 +444,9 @@ def test_workers_exit_when_the_trainer_is_killed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_all_tasks_over_one_vocabulary_share_one_tokenizer():
+    names, _, rows, tokenizer = resolve(mixtures.default.TRAIN_MIXTURE, "train")
+    counters = {id(r.renderer.count_tokens.tokenizer) for r in rows}
+    assert counters == {id(tokenizer)}  # a worker loads the SentencePiece model once
