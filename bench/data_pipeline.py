@@ -10,6 +10,14 @@ non-padding tokens/s, packing efficiency, and the ratios between the three.
     python bench/data_pipeline.py                    # batch 32 packed rows, 512 / 128
     python bench/data_pipeline.py --batch-size 8 --step-seconds 10.7   # vs a train step
     python bench/data_pipeline.py --quick --json /tmp/data.json
+
+Scaling mode (`bench/data_scale.py`): both readers (Grain, seqio) over N synthetic JSONL
+tasks and a Flan-2022-layout parquet, each in a fresh process (setup, first batch, peak RSS
+with workers, steady examples/s, examples/s against Grain workers), then the default mixture
+through both (grain / seqio ratio):
+
+    python bench/data_pipeline.py --tasks 10 100 1000 2000 --flan2022 1800 --json /tmp/s.json
+    python bench/data_pipeline.py --tasks 3 --flan2022 2 --quick     # smoke
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 
 # Run as a script, the repository root is not on sys.path (bench/ is).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (data_scale, also when imported)
 
 QUICK_TASK = "synth_arithmetic:fs_noopt"  # one few-shot task: the heaviest Python path
 
@@ -56,6 +65,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a tiny smoke run for tests: one task, few small batches")
     p.add_argument("--json", help="also write the results to this JSON file")
+    s = p.add_argument_group("scaling mode (either of --tasks / --flan2022)")
+    s.add_argument("--tasks", type=int, nargs="+", metavar="N",
+                   help="synthetic JSONL tasks (x3 formats) per configuration")
+    s.add_argument("--flan2022", type=int, metavar="NAMES",
+                   help="a Flan 2022 parquet of NAMES task names x 4 template types")
+    s.add_argument("--seqio-max-tasks", type=int, default=160,
+                   help="skip the seqio reader above this many task names (default 160)")
+    s.add_argument("--timeout", type=int, default=900,
+                   help="seconds per configuration's process (default 900)")
+    s.add_argument("--workers", type=int, default=2, help="Grain workers of the main run")
+    s.add_argument("--worker-sweep", type=int, nargs="+", default=[0, 1, 2, 4],
+                   help="Grain worker counts for examples/s vs workers (--quick: 0 1)")
+    s.add_argument("--scale-batches", type=int, default=100,
+                   help="timed batches per run (--quick: 3)")
+    s.add_argument("--scale-warmup-batches", type=int, default=10)
+    s.add_argument("--max-steady-s", type=float, default=60.0,
+                   help="stop timing a run after this long (slow seqio runs)")
+    s.add_argument("--no-default-mixture", action="store_true",
+                   help="skip the default mixture through both readers")
     args = p.parse_args(argv)
     for name, full, quick in (("batches", 150, 3), ("batch_size", 32, 4),
                               ("warmup_examples", 2000, 0), ("render_examples", 20000, 200)):
@@ -69,6 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.tasks or args.flan2022:
+        from data_scale import run_scale
+        result = run_scale(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return result
     t0 = time.perf_counter()
     from flan_jax.quiet import import_tensorflow, silenced_stderr
     import_tensorflow()  # sets TF_CPP_MIN_LOG_LEVEL=2 and hides TF's start-up banner
@@ -208,6 +242,7 @@ def measure_python(args) -> dict:
     from flan_jax.data import synthetic
     from flan_jax.data.flan import FlanRenderer
     from flan_jax.data.mixing import split_task_name
+    from flan_jax.data.sources import iter_source
 
     provider = seqio.get_mixture_or_task(args.mixture)
     tasks = list(getattr(provider, "tasks", [provider]))
@@ -241,7 +276,7 @@ def measure_python(args) -> dict:
         base, fmt = split_task_name(name)
         renderer = Renderer(specs[base], fmt, count_tokens)
         while True:
-            yield from renderer.iterate("train")
+            yield from renderer.iterate(iter_source(specs[base].source, "train"))
 
     # Every stream started (exemplar pool filled) before timing.
     t0 = time.perf_counter()

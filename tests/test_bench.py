@@ -77,6 +77,41 @@ def test_data_pipeline_counts_one_example_per_segment():
     assert bench.count_segments(segments) == 2 + 3 + 1
 
 
+def test_data_pipeline_scale_mode_reports_both_readers_per_configuration(tmp_path):
+    """--tasks / --flan2022: a row per (configuration, reader), the seqio cap, the sweep."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "data_pipeline.py"), "--quick", "--tasks", "3",
+         "--flan2022", "2", "--seqio-max-tasks", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 3 JSONL tasks | seqio | skipped (> cap (2))" in proc.stdout
+    assert "grain (2 workers) / seqio" in proc.stdout
+    result = json.loads(out.read_text())
+    runs = {(r["kind"], r["reader"]): r for r in result["runs"]}
+    assert set(runs) == {(k, r) for k in ("jsonl", "flan2022", "default")
+                         for r in ("grain", "seqio")}
+    assert "skipped" in runs["jsonl", "seqio"]
+    measured = [r for r in runs.values() if "skipped" not in r]
+    for r in measured:
+        assert "error" not in r, r
+        for key in ("setup_s", "first_batch_s", "examples_per_s", "peak_rss_main_mb"):
+            assert r[key] > 0, (r["kind"], r["reader"], key)
+        assert r["peak_rss_mb"] >= r["peak_rss_main_mb"]
+        assert r["examples_per_row"] >= 1
+        for key in ("inputs_efficiency", "targets_efficiency"):
+            assert 0 < r[key] <= 1, (r["kind"], r["reader"], key)
+    assert runs["jsonl", "grain"]["seqio_tasks"] == 3 * 3  # zs_noopt, fs_noopt, inv
+    assert runs["flan2022", "grain"]["seqio_tasks"] == 2 * 4  # names x template types
+    assert runs["flan2022", "grain"]["prepare_s"] > 0
+    grain = runs["jsonl", "grain"]
+    assert grain["peak_rss_workers_mb"] > 0 and grain["child_processes"] >= 2
+    assert [s["workers"] for s in grain["sweep"]] == [0, 1]
+    assert all(s["examples_per_s"] > 0 for s in grain["sweep"])
+    assert runs["jsonl", "seqio"].get("sweep") is None
+    assert result["default_mixture"]["ratio"] > 0
+
+
 def test_attention_benchmark_runs_in_interpret_mode(tmp_path):
     """bench/attention.py's CPU smoke mode: every peer prints a row per length (no timing)."""
     out = tmp_path / "attention.json"
