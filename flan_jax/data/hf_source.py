@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flan_jax.data.rows import type_name
 from flan_jax.data.sources import Schema, SourceError, indexed_source, validate_schema
 
 # Column types hf_source can feed to tf.data, with their signatures (dtype, shape). Like
@@ -209,8 +210,8 @@ def _columns(datasets: Any, features: Any, schema: Schema | None, where: str
         have = _column_type(datasets, name, features[name], where)
         if have != want and (have, want) not in _WIDENINGS:
             raise SourceError(
-                f"{where}: column {name!r} is {_type_name(have)} but the schema wants "
-                f"{_type_name(want)} (hf_source only widens int to float; pass "
+                f"{where}: column {name!r} is {type_name(have)} but the schema wants "
+                f"{type_name(want)} (hf_source only widens int to float; pass "
                 "features=datasets.Features(...) to cast when loading)")
         out[name] = want
     return out
@@ -226,9 +227,5 @@ def _rows(ds: Any, names: Sequence[str], where: str) -> Iterator[dict[str, Any]]
         yield row
 
 
-def _type_name(t: Any) -> str:
-    return str(t) if hasattr(t, "__args__") else t.__name__
-
-
 def _describe(types: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {_type_name(t)}" for k, t in types.items()) + "}"
+    return "{" + ", ".join(f"{k}: {type_name(t)}" for k, t in types.items()) + "}"

@@ -38,8 +38,9 @@ class Rows(Protocol):
     def __getitem__(self, index: int) -> Example: ...
 
 
-def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", None) if not hasattr(t, "__args__") else str(t)
+def type_name(t: Any) -> str:
+    """A schema type as users write it: `str`, `list[str]`."""
+    return str(t) if hasattr(t, "__args__") else getattr(t, "__name__", repr(t))
 
 
 def check_value(value: Any, want: Any) -> bool:
@@ -70,7 +71,7 @@ def parse_row(line: str | bytes, schema: Mapping[str, Any] | None) -> Example:
         if name not in row:
             raise SourceError(f"missing field {name!r} (the schema needs {sorted(schema)})")
         if not check_value(row[name], want):
-            raise SourceError(f"field {name!r} should be {_type_name(want)}, got "
+            raise SourceError(f"field {name!r} should be {type_name(want)}, got "
                               f"{type(row[name]).__name__} {row[name]!r:.60}")
     return {name: row[name] for name in schema}
 

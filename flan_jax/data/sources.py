@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flan_jax.data.rows import ConcatRows, JsonlRows, Rows, _type_name, parse_row
+from flan_jax.data.rows import ConcatRows, JsonlRows, Rows, parse_row, type_name
 from flan_jax.errors import SourceError
 
 __all__ = ["IndexedSource", "SourceError", "indexed_source", "iter_source", "jsonl_source",
@@ -34,8 +34,8 @@ Schema = Mapping[str, Any]  # field name -> one of the types above
 def validate_schema(schema: Schema) -> None:
     for name, t in schema.items():
         if t not in _TYPES:
-            raise SourceError(f"schema field {name!r}: type {_type_name(t)} is not one of "
-                              f"{[_type_name(k) for k in _TYPES]}")
+            raise SourceError(f"schema field {name!r}: type {type_name(t)} is not one of "
+                              f"{[type_name(k) for k in _TYPES]}")
 
 
 def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
