@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flan_jax import distributed
-from flan_jax.model.convert import CheckpointError
+from flan_jax.errors import CheckpointError
 
 _RULE = "-" * 72
 
@@ -219,37 +219,21 @@ def _infer(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    import gin
-
-    from flan_jax import parallel
     from flan_jax import plan as plan_lib
-    from flan_jax.model.gin_config import model_config
-    from flan_jax.model.params import abstract_model, param_axes
-    from flan_jax.train.data import DataConfig
-    from flan_jax.train.optim import learning_rate_schedule, make_optimizer
+    from flan_jax.train.setup import bound, setup_run
 
-    data = DataConfig()
-    try:
-        optimizer_name = gin.query_parameter("make_optimizer.name")
-    except ValueError:
-        optimizer_name = "adafactor"
-    try:
-        microbatches = gin.query_parameter("train.microbatches")
-    except ValueError:
-        microbatches = 1
-    cfg = model_config()
-    model = abstract_model(cfg)
-    optimizer = make_optimizer(schedule=learning_rate_schedule(), param_axes=param_axes(model))
+    # The run as `flan-jax train` would build it (a finetune: the checkpoint's architecture).
+    run = setup_run(bound("train.init_from", None), import_modules=False)
     result = plan_lib.plan(
-        cfg, parallel.MeshConfig(), parallel.logical_axis_rules(), optimizer, optimizer_name,
-        devices=args.devices, num_slices=args.slices, batch_size=data.batch_size,
-        input_len=data.task_feature_lengths["inputs"],
-        target_len=data.task_feature_lengths["targets"], microbatches=microbatches,
-        model=model)
+        run.model_cfg, run.mesh, run.rules, run.optimizer, run.optimizer_name,
+        devices=args.devices, num_slices=args.slices, batch_size=run.data.batch_size,
+        input_len=run.data.task_feature_lengths["inputs"],
+        target_len=run.data.task_feature_lengths["targets"],
+        microbatches=bound("train.microbatches", 1), model=run.abstract_model)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(plan_lib.format_plan(result, cfg, args.device_memory))
+        print(plan_lib.format_plan(result, run.model_cfg, args.device_memory))
     return 0
 
 

@@ -22,3 +22,8 @@ class ReaderError(FlanJaxError):
 
 class ConfigError(FlanJaxError):
     """A gin binding or setting that can't be used; the message names the binding."""
+
+
+class CheckpointError(FlanJaxError):
+    """A model directory, train checkpoint, config field or tensor that flan-jax can't use;
+    the message names the directory or file, and the step or tensor where known."""

@@ -8,6 +8,7 @@ no pickle is ever loaded. Every error names the file and the tensor or config fi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flan_jax.atomic import atomic_directory  # noqa: F401  (re-exported: io.py, train)
+from flan_jax.errors import CheckpointError
 from flan_jax.model.config import T5Config
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.to_pure_dict` gives
@@ -28,10 +30,6 @@ _EMBED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # Original T5 1.0 checkpoints carry a cross-attention bias table that T5 never uses;
 # transformers ignores it on load, and so do we.
 _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory, config field or tensor that flan-jax can't use."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,112 +129,117 @@ def config_to_hf(cfg: T5Config) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensor mapping: (our path, HF name, to_ours, to_hf)
+# Tensor mapping: (our path, HF name, layout). A layout says how an HF tensor's elements sit
+# in ours, so any slice of ours can be read from the matching block of the HF file.
 
-Transform = Callable[[np.ndarray], np.ndarray]
+SAME, TRANSPOSE, QKV, OUT = "same", "transpose", "qkv", "out"
+# nn.Linear weight [out, in] <-> our [embed, heads, kv] (QKV) and [heads, kv, embed] (OUT).
 
 
-def _mapping(cfg: T5Config) -> Iterator[tuple[tuple[Any, ...], str, Transform, Transform]]:
-    e, h, d = cfg.d_model, cfg.num_heads, cfg.head_dim
-
-    same: tuple[Transform, Transform] = (lambda x: x, lambda x: x)
-    transpose: tuple[Transform, Transform] = (lambda x: x.T, lambda x: x.T)
-    # nn.Linear weight [out, in] <-> our [embed, heads, kv] and [heads, kv, embed] kernels.
-    qkv = (lambda x: x.T.reshape(e, h, d), lambda x: x.reshape(e, h * d).T)
-    out = (lambda x: x.T.reshape(h, d, e), lambda x: x.reshape(h * d, e).T)
-
-    yield ("token_embedder", "embedding"), "shared.weight", *same
+def _mapping(cfg: T5Config) -> Iterator[tuple[tuple[Any, ...], str, str]]:
+    yield ("token_embedder", "embedding"), "shared.weight", SAME
     if not cfg.tie_embeddings:
-        yield ("logits_dense",), "lm_head.weight", *transpose
+        yield ("logits_dense",), "lm_head.weight", TRANSPOSE
 
     def attention(ours: tuple[Any, ...], hf: str):
         for name in "qkv":
-            yield (*ours, name), f"{hf}.{name}.weight", *qkv
-        yield (*ours, "o"), f"{hf}.o.weight", *out
+            yield (*ours, name), f"{hf}.{name}.weight", QKV
+        yield (*ours, "o"), f"{hf}.o.weight", OUT
 
     def mlp(ours: tuple[Any, ...], hf: str):
         names = ("wi_0", "wi_1") if cfg.gated else ("wi",)
         for name in names:
-            yield (*ours, name), f"{hf}.DenseReluDense.{name}.weight", *transpose
-        yield (*ours, "wo"), f"{hf}.DenseReluDense.wo.weight", *transpose
+            yield (*ours, name), f"{hf}.DenseReluDense.{name}.weight", TRANSPOSE
+        yield (*ours, "wo"), f"{hf}.DenseReluDense.wo.weight", TRANSPOSE
 
     for stack, n_layers in (("encoder", cfg.num_encoder_layers),
                             ("decoder", cfg.num_decoder_layers)):
         yield ((stack, "relpos", "embedding"),
                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-               *transpose)
-        yield (stack, "final_norm", "scale"), f"{stack}.final_layer_norm.weight", *same
+               TRANSPOSE)
+        yield (stack, "final_norm", "scale"), f"{stack}.final_layer_norm.weight", SAME
         for i in range(n_layers):
             ours, hf = (stack, "layers", i), f"{stack}.block.{i}.layer"
-            yield (*ours, "self_attn_norm", "scale"), f"{hf}.0.layer_norm.weight", *same
+            yield (*ours, "self_attn_norm", "scale"), f"{hf}.0.layer_norm.weight", SAME
             yield from attention((*ours, "self_attn"), f"{hf}.0.SelfAttention")
             mlp_idx = 1
             if stack == "decoder":
-                yield (*ours, "cross_attn_norm", "scale"), f"{hf}.1.layer_norm.weight", *same
+                yield (*ours, "cross_attn_norm", "scale"), f"{hf}.1.layer_norm.weight", SAME
                 yield from attention((*ours, "cross_attn"), f"{hf}.1.EncDecAttention")
                 mlp_idx = 2
-            yield (*ours, "mlp_norm", "scale"), f"{hf}.{mlp_idx}.layer_norm.weight", *same
+            yield (*ours, "mlp_norm", "scale"), f"{hf}.{mlp_idx}.layer_norm.weight", SAME
             yield from mlp((*ours, "mlp"), f"{hf}.{mlp_idx}")
 
 
-def _set(tree: Params, path: tuple[Any, ...], value: Any) -> None:
+def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
+    if layout == SAME:
+        return x
+    if layout == TRANSPOSE:
+        return x.T
+    if layout == QKV:
+        e, h, d = x.shape
+        return x.reshape(e, h * d).T
+    h, d, e = x.shape  # OUT
+    return x.reshape(h * d, e).T
+
+
+def _hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if layout == SAME:
+        return shape
+    if layout == TRANSPOSE:
+        return shape[::-1]
+    if layout == QKV:
+        e, h, d = shape
+        return (h * d, e)
+    h, d, e = shape
+    return (e, h * d)
+
+
+def read_ours(tensor: Any, layout: str, shape: tuple[int, ...],
+              index: tuple[slice, ...] | None = None) -> np.ndarray:
+    """The block `index` of our-layout array `shape`, read from HF `tensor` (an ndarray or
+    a safetensors slice: only the rows and columns that block needs are read)."""
+    index = tuple(slice(*s.indices(n)) for s, n in
+                  zip(index or (slice(None),) * len(shape), shape))
+    if any(s.step != 1 for s in index):
+        raise ValueError(f"strided index {index}")
+    if layout == SAME:
+        return np.asarray(tensor[index])
+    if layout == TRANSPOSE:
+        rows, cols = index
+        return np.asarray(tensor[cols, rows]).T
+    if layout == QKV:  # ours [e, h, d] = hf[h*d, e].T
+        es, hs, ds = index
+        d = shape[2]
+        block = np.asarray(tensor[hs.start * d:hs.stop * d, es])
+        return block.T.reshape(es.stop - es.start, hs.stop - hs.start, d)[:, :, ds]
+    hs, ds, es = index  # OUT: ours [h, d, e] = hf[e, h*d].T
+    d = shape[1]
+    block = np.asarray(tensor[es, hs.start * d:hs.stop * d])
+    return block.T.reshape(hs.stop - hs.start, d, es.stop - es.start)[:, ds, :]
+
+
+def set_path(tree: Params, path: tuple[Any, ...], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
 
 
-def _get(tree: Params, path: tuple[Any, ...]) -> Any:
+def get_path(tree: Params, path: tuple[Any, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
 
 
-def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg: T5Config, *,
-                           source: str = "checkpoint") -> Params:
-    """HF tensor dict -> flan-jax params (numpy, cast to cfg.param_dtype)."""
-    expected = {hf for _, hf, _, _ in _mapping(cfg)}
-    unexpected = sorted(set(tensors) - expected - set(_EMBED_ALIASES) - set(_IGNORED)
-                        - ({"lm_head.weight"} if cfg.tie_embeddings else set()))
-    if unexpected:
-        raise CheckpointError(
-            f"{source}: unexpected tensor(s) for a {cfg.num_encoder_layers}+"
-            f"{cfg.num_decoder_layers}-layer {cfg.feed_forward} T5: {unexpected[:5]}"
-            + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-    if "shared.weight" not in tensors:
-        alias = next((a for a in _EMBED_ALIASES if a in tensors), None)
-        if alias is not None:
-            tensors = {**tensors, "shared.weight": tensors[alias]}
-    for alias in _EMBED_ALIASES:  # T5 shares one embedding; a differing copy is a broken file
-        if alias in tensors and "shared.weight" in tensors and not np.array_equal(
-                tensors[alias], tensors["shared.weight"]):
-            raise CheckpointError(f"{source}: tensor {alias!r} differs from 'shared.weight'; "
-                                  "T5 uses one shared token embedding")
-    params: Params = {}
-    dtype = cfg.jnp_param_dtype
-    for path, hf, to_ours, to_hf in _mapping(cfg):
-        if hf not in tensors:
-            raise CheckpointError(f"{source}: missing tensor {hf!r}")
-        value = np.asarray(tensors[hf])
-        want = to_hf(np.empty(_our_shape(cfg, path), np.float32)).shape
-        if value.shape != want:
-            raise CheckpointError(
-                f"{source}: tensor {hf!r} has shape {tuple(value.shape)}, expected "
-                f"{tuple(want)} from the config (d_model={cfg.d_model}, "
-                f"num_heads={cfg.num_heads}, d_kv={cfg.head_dim}, d_ff={cfg.d_ff}, "
-                f"vocab_size={cfg.vocab_size})")
-        _set(params, path, np.ascontiguousarray(to_ours(value)).astype(dtype))
-    return params
-
-
 def params_to_hf_tensors(params: Params, cfg: T5Config) -> dict[str, np.ndarray]:
     """flan-jax params -> HF tensor dict; an untied or tied model both get `lm_head.weight`."""
     out: dict[str, np.ndarray] = {}
-    for path, hf, _, to_hf in _mapping(cfg):
+    for path, hf, layout in _mapping(cfg):
         try:
-            value = np.asarray(_get(params, path))
+            value = np.asarray(get_path(params, path))
         except KeyError as e:
             raise CheckpointError(f"params: missing {'/'.join(map(str, path))}") from e
-        out[hf] = np.ascontiguousarray(to_hf(value))
+        out[hf] = np.ascontiguousarray(_to_hf(layout, value))
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["shared.weight"].copy()
     return out
@@ -268,54 +271,148 @@ def _our_shape(cfg: T5Config, path: tuple[Any, ...]) -> tuple[int, ...]:
 # Directories
 
 
-def read_safetensors_dir(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All tensors of `model.safetensors` or of every shard named by its index."""
-    path = Path(path)
-    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    if single.exists():
-        files = [single]
-    elif index.exists():
+class HFCheckpoint:
+    """A Hugging Face T5 directory opened lazily: `config.json` and the safetensors headers
+    at once, tensor blocks on demand (memory-mapped), so that a process of a sharded run reads
+    only the slices it owns and no process ever holds a second full copy of the model.
+
+    Every check (config fields, tensor names, shapes, the shared embedding) happens in
+    `config()` and `check()`, before any tensor is read for the model."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        config_path = self.path / "config.json"
+        if not config_path.exists():
+            raise CheckpointError(f"{self.path}: no config.json (is this a Hugging Face "
+                                  "model dir?)")
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
-        files = [path / name for name in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.exists():
-                raise CheckpointError(f"{index}: names shard {f.name!r}, which is missing")
-    else:
-        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+            self.hf_config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
+        self._handles: dict[Path, Any] = {}
+        self._file_of = self._index()
+        self._shapes = {name: tuple(self._slice(name).get_shape()) for name in self._file_of}
+
+    def _index(self) -> dict[str, Path]:
+        single = self.path / "model.safetensors"
+        index = self.path / "model.safetensors.index.json"
+        if single.exists():
+            return {name: single for name in self._handle(single).keys()}
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
+            files = {name: self.path / shard for name, shard in weight_map.items()}
+            for f in sorted(set(files.values())):
+                if not f.exists():
+                    raise CheckpointError(f"{index}: names shard {f.name!r}, which is missing")
+            return files
+        pickled = [p.name for p in self.path.glob("*.bin")] + [
+            p.name for p in self.path.glob("*.pt*")]
         hint = (f" (found {pickled}; flan-jax never loads pickle: re-save with "
                 "`save_pretrained(..., safe_serialization=True)`)" if pickled else "")
-        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json"
-                              + hint)
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
+        raise CheckpointError(f"{self.path}: no model.safetensors or "
+                              "model.safetensors.index.json" + hint)
+
+    def _handle(self, f: Path) -> Any:
+        if f not in self._handles:
+            try:
+                self._handles[f] = safe_open(str(f), framework="np")
+            except Exception as e:  # safetensors raises its own error types
+                raise CheckpointError(f"{f}: cannot read safetensors ({e})") from e
+        return self._handles[f]
+
+    def _slice(self, name: str) -> Any:
+        f = self._file_of[name]
         try:
-            with safe_open(str(f), framework="np") as st:
-                for name in st.keys():
-                    tensors[name] = st.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{f}: cannot read safetensors ({e})") from e
-    return tensors
+            return self._handle(f).get_slice(name)
+        except Exception as e:
+            raise CheckpointError(f"{f}: cannot read tensor {name!r} ({e})") from e
+
+    @property
+    def _embedding(self) -> str | None:
+        return next((n for n in ("shared.weight", *_EMBED_ALIASES) if n in self._shapes), None)
+
+    def _equal(self, a: str, b: str) -> bool:
+        """Two tensors compared block by block (never two full copies in memory)."""
+        if self._shapes[a] != self._shapes[b]:
+            return False
+        rows = self._shapes[a][0]
+        row_bytes = max(math.prod(self._shapes[a][1:]), 1) * 4
+        step = max(1, (64 << 20) // row_bytes)
+        ta, tb = self._slice(a), self._slice(b)
+        blocks = ((i, min(i + step, rows)) for i in range(0, rows, step))  # (slices don't clamp)
+        return all(np.array_equal(ta[i:j], tb[i:j]) for i, j in blocks)
+
+    def config(self, **overrides: Any) -> T5Config:
+        """T5Config from config.json; `overrides` set fields (the run's settings)."""
+        embedding = self._embedding
+        tied = "lm_head.weight" not in self._shapes or (
+            embedding is not None and self._equal("lm_head.weight", embedding))
+        return config_from_hf(self.hf_config, source=str(self.path / "config.json"),
+                              tie_embeddings=tied, **overrides)
+
+    def check(self, cfg: T5Config) -> None:
+        """Every tensor `cfg` needs is there with its shape; nothing unexpected; one embedding."""
+        source = str(self.path)
+        expected = {hf for _, hf, _ in _mapping(cfg)}
+        unexpected = sorted(set(self._shapes) - expected - set(_EMBED_ALIASES) - set(_IGNORED)
+                            - ({"lm_head.weight"} if cfg.tie_embeddings else set()))
+        if unexpected:
+            raise CheckpointError(
+                f"{source}: unexpected tensor(s) for a {cfg.num_encoder_layers}+"
+                f"{cfg.num_decoder_layers}-layer {cfg.feed_forward} T5: {unexpected[:5]}"
+                + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+        embedding = self._embedding
+        for alias in _EMBED_ALIASES:  # T5 shares one embedding; a differing copy is broken
+            if alias != embedding and alias in self._shapes and not self._equal(alias,
+                                                                                embedding):
+                raise CheckpointError(f"{source}: tensor {alias!r} differs from "
+                                      f"{embedding!r}; T5 uses one shared token embedding")
+        for path, hf, layout in _mapping(cfg):
+            name = embedding if hf == "shared.weight" and embedding else hf
+            if name not in self._shapes:
+                raise CheckpointError(f"{source}: missing tensor {hf!r}")
+            want = _hf_shape(layout, _our_shape(cfg, path))
+            if self._shapes[name] != want:
+                raise CheckpointError(
+                    f"{source}: tensor {hf!r} has shape {self._shapes[name]}, expected "
+                    f"{want} from the config (d_model={cfg.d_model}, "
+                    f"num_heads={cfg.num_heads}, d_kv={cfg.head_dim}, d_ff={cfg.d_ff}, "
+                    f"vocab_size={cfg.vocab_size})")
+
+    def tensors(self, cfg: T5Config) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...],
+                                                       Callable[..., np.ndarray]]]:
+        """(our path, our shape, read(index=None) -> that block as cfg.param_dtype) for every
+        parameter; call `check(cfg)` first."""
+        dtype = cfg.jnp_param_dtype
+        embedding = self._embedding
+        for path, hf, layout in _mapping(cfg):
+            name = embedding if hf == "shared.weight" else hf
+            shape = _our_shape(cfg, path)
+
+            def read(index: tuple[slice, ...] | None = None, *, name: str = name,
+                     layout: str = layout, shape: tuple[int, ...] = shape) -> np.ndarray:
+                block = read_ours(self._slice(name), layout, shape, index)
+                return np.ascontiguousarray(block).astype(dtype, copy=False)
+            yield path, shape, read
+
+    def params(self, cfg: T5Config) -> Params:
+        """Every parameter in host memory (numpy): for converters; training reads shards."""
+        self.check(cfg)
+        params: Params = {}
+        for path, _, read in self.tensors(cfg):
+            set_path(params, path, read())
+        return params
 
 
 def load_hf_checkpoint(path: str | os.PathLike[str],
                        **overrides: Any) -> tuple[T5Config, Params]:
     """(config, params) from an HF T5 directory; `overrides` set T5Config fields."""
-    path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{path}: no config.json (is this a Hugging Face model dir?)")
-    try:
-        hf = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
-    tensors = read_safetensors_dir(path)
-    shared, lm_head = tensors.get("shared.weight"), tensors.get("lm_head.weight")
-    tied = lm_head is None or (shared is not None and np.array_equal(lm_head, shared))
-    cfg = config_from_hf(hf, source=str(config_path), tie_embeddings=tied, **overrides)
-    return cfg, params_from_hf_tensors(tensors, cfg, source=str(path))
+    checkpoint = HFCheckpoint(path)
+    cfg = checkpoint.config(**overrides)
+    return cfg, checkpoint.params(cfg)
 
 
 def save_hf_checkpoint(path: str | os.PathLike[str], cfg: T5Config, params: Params, *,

@@ -27,15 +27,14 @@ import numpy as np
 
 from flan_jax import parallel
 from flan_jax.distributed import StepWatchdog
-from flan_jax.model.config import T5Config
-from flan_jax.model.gin_config import model_config
-from flan_jax.model.params import abstract_model, create_model, param_axes, params_of
+from flan_jax.model.config import RUN_FIELDS, T5Config
+from flan_jax.model.params import create_model, params_of
 from flan_jax.train import data as data_lib
 from flan_jax.train import evaluate as eval_lib
 from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from flan_jax.train.metrics import MetricsWriter, ProgressBar, Throughput
-from flan_jax.train.optim import learning_rate_schedule, make_optimizer
-from flan_jax.train.step import LossConfig, TrainState, init_state, train_step
+from flan_jax.train.setup import setup_run
+from flan_jax.train.step import TrainState, init_state, train_step
 
 log = logging.getLogger(__name__)
 NONFINITE = ("stop", "skip")
@@ -65,8 +64,10 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
 
     `init_from`: a Hugging Face or flan-jax model directory to finetune: its config gives the
     architecture, gin the run settings (`T5Config` dropout, dtypes, remat, backend); a gin
-    binding that would change a shape field is refused. With `evaluate`, `eval_every=0` evaluates at the start (if
-    `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
+    binding that would change a shape field is refused; its weights are read straight into
+    their shardings. With `evaluate`, `eval_every=0` evaluates at the start (if
+    `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError,
+    "skip" drops that update.
     `step_timeout`: seconds without a finished step (after the first) before the process exits
     with a StepTimeoutError, so a multi-host run whose peer died stops instead of hanging.
     """
@@ -77,24 +78,21 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             f"train.model_dir={model_dir!r}: URLs (gs://, s3://) are not supported yet; mount "
             "the bucket on every host (e.g. gcsfuse, see docs/tpu_pods.md) and give its path")
     model_dir = Path(model_dir)
-    # Everything gin describes is built first, so a bad binding fails before any work (the
-    # optimizer as soon as the model's logical axes are known: Adafactor needs them).
-    data_cfg, loss_cfg = data_lib.DataConfig(), LossConfig()
-    data_lib.import_task_modules(data_cfg)  # a missing module or mixture: before the model
-    eval_cfg = eval_lib.EvalConfig()
-    mesh = parallel.make_mesh(parallel.MeshConfig())
-    rules = parallel.logical_axis_rules()
-    schedule = learning_rate_schedule()
-    cfg, init_params = _model(init_from)
-    abstract = abstract_model(cfg)
-    axes = param_axes(abstract)
-    optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
+    # Everything gin describes is built first, so a bad binding fails before any work.
+    run = setup_run(init_from)
+    data_cfg, loss_cfg, eval_cfg, cfg = run.data, run.loss, run.eval, run.model_cfg
+    optimizer, schedule, rules = run.optimizer, run.schedule, run.rules
+    if init_from is not None:
+        log.info("finetuning %s (%s, %d+%d layers) with %s", init_from, cfg.feed_forward,
+                 cfg.num_encoder_layers, cfg.num_decoder_layers,
+                 ", ".join(f"{k}={getattr(cfg, k)!r}" for k in RUN_FIELDS))
+    mesh = parallel.make_mesh(run.mesh)
 
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    graphdef = _graphdef(abstract)
-    abstract_params = params_of(abstract)
-    p_shard = parallel.param_shardings(abstract_params, axes, rules, mesh)
+    graphdef = _graphdef(run.abstract_model)
+    abstract_params = run.abstract_params
+    p_shard = parallel.param_shardings(abstract_params, run.param_axes, rules, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
     rep = parallel.replicated(mesh)
@@ -112,7 +110,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
                         keep=keep_checkpoints)
     try:
-        start, state, position = _initial_state(ckpt, cfg, seed, init_params, optimizer,
+        start, state, position = _initial_state(ckpt, cfg, seed, init_from, optimizer,
                                                 state_shard)
         # Before the config is written and the step-0 eval: a bad mixture name, a missing
         # file or another saved stream fails here, before any work.
@@ -206,19 +204,6 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     return result
 
 
-def _model(init_from: str | None) -> tuple[T5Config, Any]:
-    if init_from is None:
-        return model_config(), None
-    from flan_jax.model.gin_config import check_architecture, run_settings
-    from flan_jax.model.io import load_pretrained
-    cfg, params = load_pretrained(init_from, **run_settings())  # (cast to param_dtype)
-    check_architecture(cfg, init_from)
-    log.info("finetuning %s (%s, %d+%d layers) with %s", init_from, cfg.feed_forward,
-             cfg.num_encoder_layers, cfg.num_decoder_layers,
-             ", ".join(f"{k}={v!r}" for k, v in run_settings().items()))
-    return cfg, params
-
-
 def _graphdef(abstract):
     from flax import nnx
     return nnx.graphdef(abstract)
@@ -229,17 +214,22 @@ def _merge(graphdef, params):
     return nnx.merge(graphdef, params)
 
 
-def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_params: Any,
+def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_from: str | None,
                    optimizer, state_shard: TrainState
                    ) -> tuple[int, TrainState, dict[str, Any] | None]:
-    """(step, state, data position): restored from the latest good checkpoint, else fresh."""
+    """(step, state, data position): restored from the latest good checkpoint, else fresh:
+    `init_from`'s weights read straight into their shardings, or initialised from `seed`."""
     def fresh() -> TrainState:
-        params = init_params if init_params is not None else params_of(create_model(cfg, seed))
-        return init_state(params, optimizer)
+        return init_state(params_of(create_model(cfg, seed)), optimizer)
 
-    make = jax.jit(fresh, out_shardings=state_shard)
     if ckpt.latest_step() is None:
-        return 0, make(), None
+        if init_from is None:
+            return 0, jax.jit(fresh, out_shardings=state_shard)(), None
+        from flan_jax.model.io import load_sharded
+        params = load_sharded(init_from, cfg, state_shard.params)
+        opt_state = jax.jit(optimizer.init, out_shardings=state_shard.opt_state)(params)
+        step = jax.device_put(np.zeros((), np.int32), state_shard.step)
+        return 0, TrainState(step, params, opt_state), None
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(fresh), state_shard)
     try:

@@ -53,3 +53,20 @@ def test_a_shape_binding_against_a_checkpoint_is_refused_by_name(hf_dir, tmp_pat
     assert "--gin.T5Config.d_model=64" in proc.stderr and "d_model=32" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ft").exists()  # stopped before any work
+
+
+def test_plan_of_a_finetune_sizes_the_checkpoints_architecture(hf_dir):
+    import jax
+
+    from hf_reference import make_hf_model
+    want = sum(p.numel() for p in make_hf_model("t5_1_1", vocab_size=512).parameters())
+    proc = subprocess.run(
+        [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/finetune.gin",
+         f"--gin.train.init_from='{hf_dir}'", "--gin.train.model_dir='/unused'",
+         "--devices", "8", "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout)
+    assert plan["param_count"] == want  # the checkpoint's shapes, not models/*.gin's
+    assert plan["mesh"]["data"] * plan["mesh"]["fsdp"] * plan["mesh"]["model"] == 8
+    del jax

@@ -1,0 +1,81 @@
+"""What gin describes for a run, built in one place: `train` trains with it, `flan-jax plan`
+sizes it (t5x's `train(...)` likewise takes its parts as arguments).
+
+Building it is the first check of a run: a bad binding, a missing task module or mixture, a
+shape binding against a checkpoint all fail here, before the model exists or anything is
+written; nothing in it allocates device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gin
+import optax
+
+from flan_jax import parallel
+from flan_jax.model import gin_config  # (registers T5Config with gin)
+from flan_jax.model.config import T5Config
+from flan_jax.model.params import abstract_model, param_axes, params_of
+from flan_jax.train import data as data_lib
+from flan_jax.train import evaluate as eval_lib
+from flan_jax.train.optim import learning_rate_schedule, make_optimizer
+from flan_jax.train.step import LossConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    data: data_lib.DataConfig
+    loss: LossConfig
+    eval: eval_lib.EvalConfig
+    mesh: parallel.MeshConfig
+    rules: parallel.LogicalRules
+    schedule: optax.Schedule
+    model_cfg: T5Config
+    abstract_model: Any  # shapes and dtypes only (`params.abstract_model`)
+    param_axes: Any  # logical axis names, shaped like the params
+    optimizer: optax.GradientTransformation
+    optimizer_name: str
+
+    @property
+    def abstract_params(self) -> Any:
+        return params_of(self.abstract_model)
+
+
+def setup_run(init_from: str | None = None, *, import_modules: bool = True) -> RunSetup:
+    """The run's parts from the parsed gin config. `init_from`: a model directory whose
+    config gives the architecture (gin gives the run settings; see `train.init_from`)."""
+    data = data_lib.DataConfig()
+    if import_modules:  # a missing module or mixture fails before the model is built
+        data_lib.import_task_modules(data)
+    loss, eval_cfg = LossConfig(), eval_lib.EvalConfig()
+    mesh, rules = parallel.MeshConfig(), parallel.logical_axis_rules()
+    schedule = learning_rate_schedule()
+    cfg = model_config(init_from)
+    abstract = abstract_model(cfg)
+    axes = param_axes(abstract)
+    optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
+    return RunSetup(data=data, loss=loss, eval=eval_cfg, mesh=mesh, rules=rules,
+                    schedule=schedule, model_cfg=cfg, abstract_model=abstract,
+                    param_axes=axes, optimizer=optimizer, optimizer_name=bound(
+                        "make_optimizer.name", "adafactor"))
+
+
+def model_config(init_from: str | None) -> T5Config:
+    """The gin-bound config, or `init_from`'s architecture with gin's run settings (checked
+    against gin before a single weight is read)."""
+    if init_from is None:
+        return gin_config.model_config()
+    from flan_jax.model.io import load_config
+    cfg = load_config(init_from, **gin_config.run_settings())
+    gin_config.check_architecture(cfg, init_from)
+    return cfg
+
+
+def bound(name: str, default: Any) -> Any:
+    """A gin binding's value (e.g. "train.init_from"), or `default` where it has none."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
