@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from flan_jax.model.losses import token_losses
 from flan_jax.model.params import Params
 
 Batch = Mapping[str, jax.Array]
@@ -59,26 +60,6 @@ class LossConfig:
             raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} not in [0, 1)")
 
 
-def token_losses(logits: jax.Array, targets: jax.Array, cfg: LossConfig
-                 ) -> tuple[jax.Array, jax.Array]:
-    """Per-token (cross entropy [+ z-loss], z-loss), f32, with t5x's label smoothing."""
-    logits = logits.astype(jnp.float32)
-    vocab = logits.shape[-1]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    log_probs = logits - log_z[..., None]
-    confidence = 1.0 - cfg.label_smoothing
-    low = cfg.label_smoothing / max(vocab - 1, 1)
-    target_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    if cfg.label_smoothing:
-        # Subtract the smoothed distribution's entropy so a perfect model scores 0, as t5x does.
-        normalizer = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
-        ce = -(confidence * target_lp + low * (jnp.sum(log_probs, -1) - target_lp)) - normalizer
-    else:
-        ce = -target_lp
-    z = cfg.z_loss * jnp.square(log_z)
-    return ce + z, z
-
-
 def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,
           dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     model = nnx.merge(graphdef, params)
@@ -90,7 +71,8 @@ def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,
                    decoder_positions=batch.get("decoder_positions"), rngs=rngs)
     targets = batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    loss, z = token_losses(logits, targets, cfg)
+    loss, z = token_losses(logits, targets, z_loss=cfg.z_loss,
+                           label_smoothing=cfg.label_smoothing)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     sums = {"loss": jnp.sum(loss * weights), "z_loss": jnp.sum(z * weights),
             "correct": jnp.sum(correct * weights), "tokens": jnp.sum(weights)}

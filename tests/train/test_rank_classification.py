@@ -10,7 +10,7 @@ import pytest
 from flan_jax.data.options import OptionsStyle
 from flan_jax.data.templates import Template
 from flan_jax.model import create_model, get_config
-from flan_jax.train.step import LossConfig, token_losses
+from flan_jax.model.losses import token_losses
 
 TEMPLATE = Template("Is {a} bigger than {b}?\n{options_}", "{answer}")
 EXAMPLE = {"a": "7", "b": "3", "options": ["yes", "no"], "answer": "yes"}
@@ -49,7 +49,7 @@ def _reference_log_likelihood(model, vocabulary, inputs: str, targets: str, leng
     tgt = (list(vocabulary.encode(targets))[:lengths["targets"] - 1] + [1])
     enc, tgt = jnp.asarray([enc]), jnp.asarray([tgt])
     dec_in = jnp.concatenate([jnp.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
-    losses, _ = token_losses(model(enc, dec_in), tgt, LossConfig(z_loss=0.0))
+    losses, _ = token_losses(model(enc, dec_in), tgt)
     return -float(jnp.sum(losses))
 
 

@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 from flan_jax.model.config import get_config
-from flan_jax.model.losses import mean_cross_entropy
+from flan_jax.model.losses import mean_cross_entropy, token_losses
 from flan_jax.model.params import create_model, param_axes, params_of
 from flan_jax.train import optim
-from flan_jax.train.step import LossConfig, init_state, token_losses, train_step
+from flan_jax.train.step import LossConfig, init_state, train_step
 
 CFG = get_config("t5_1_1-tiny", num_encoder_layers=1, num_decoder_layers=1, vocab_size=64)
 
@@ -72,19 +72,18 @@ def test_z_loss_and_label_smoothing_match_their_definitions():
     rng = np.random.default_rng(1)
     logits = jnp.asarray(rng.normal(size=(2, 3, 10)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 10, (2, 3)))
-    loss, z = token_losses(logits, targets, LossConfig(z_loss=1e-2))
+    loss, z = token_losses(logits, targets, z_loss=1e-2)
     log_z = jax.nn.logsumexp(logits, -1)
     np.testing.assert_allclose(z, 1e-2 * log_z**2, rtol=1e-6)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     np.testing.assert_allclose(loss, ce + z, rtol=1e-5)
-    smooth, _ = token_losses(logits, targets, LossConfig(z_loss=0.0, label_smoothing=0.1))
+    smooth, _ = token_losses(logits, targets, label_smoothing=0.1)
     soft = jax.nn.one_hot(targets, 10) * 0.9 + (1 - jax.nn.one_hot(targets, 10)) * 0.1 / 9
     entropy = -jnp.sum(soft * jnp.log(soft), -1)
     np.testing.assert_allclose(smooth, optax.softmax_cross_entropy(logits, soft) - entropy,
                                rtol=1e-5, atol=1e-6)
     # a model predicting exactly the smoothed distribution scores zero
-    perfect, _ = token_losses(jnp.log(soft), targets, LossConfig(z_loss=0.0,
-                                                                 label_smoothing=0.1))
+    perfect, _ = token_losses(jnp.log(soft), targets, label_smoothing=0.1)
     np.testing.assert_allclose(perfect, 0.0, atol=1e-5)
 
 
