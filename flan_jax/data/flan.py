@@ -21,6 +21,7 @@ from flan_jax.data.render import (RENDERED_FEATURES, CotFields, Example, FewShot
 from flan_jax.data.registry import make_room
 from flan_jax.data.sources import _tf_dataset, iter_source, random_access
 from flan_jax.data.tokenizer import token_counter, tokenizer_for
+from flan_jax.errors import FlanJaxError
 
 __all__ = ["CotFields", "FewShotConfig", "FlanRenderer", "FlanTask", "RENDERED_FEATURES",
            "RenderedSource", "register_flan_task", "registered_flan_task",
@@ -56,7 +57,9 @@ class RenderedSource(seqio.DataSource):
         # that can't count (not prepared yet, a stream) leaves it to seqio.
         try:
             n = self.spec.source.num_input_examples(split)
-        except Exception:  # noqa: BLE001 - any failure just means "unknown"
+        except FlanJaxError:  # the user's data is at fault (an empty file): say so
+            raise
+        except Exception:  # noqa: BLE001 - any other failure just means "unknown"
             return None
         return None if n is None else int(n)
 

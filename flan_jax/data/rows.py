@@ -55,14 +55,33 @@ def check_value(value: Any, want: Any) -> bool:
     return isinstance(value, want)
 
 
-def parse_row(line: str | bytes, schema: Mapping[str, Any] | None) -> Example:
-    """One JSONL line as a dict of the schema's fields; SourceError says what is wrong."""
+class UnknownFields(SourceError):
+    """A row with fields its schema lacks, from `parse_row(..., unknown_ok=False)`. `row` is
+    the row trimmed to the schema, for a caller that warns once per file and goes on."""
+
+    row: Example
+
+
+def parse_row(line: str | bytes, schema: Mapping[str, Any] | None, *,
+              unknown_ok: bool = True) -> Example:
+    """One JSONL line as a dict of the schema's fields; SourceError says what is wrong.
+
+    Fields the schema lacks are dropped, or raise `UnknownFields` if not `unknown_ok` (a
+    len() per row finds them: every schema field is present, so extras make the row longer).
+    """
+    if isinstance(line, bytes):
+        try:  # UTF-8, as JSONL is: json.loads would sniff UTF-16/32 and pass surrogates
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            column = len(line[:e.start].decode("utf-8")) + 1
+            raise SourceError(f"invalid UTF-8 at column {column} (byte {line[e.start]:#04x}: "
+                              f"{e.reason})") from None
+    if line[:1] == "\ufeff":  # a byte-order mark (files saved on Windows)
+        line = line[1:]
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
-        raise SourceError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise SourceError(f"invalid UTF-8 (byte {e.start} of the line)") from None
+        raise SourceError(_json_error(e)) from None
     if not isinstance(row, dict):
         raise SourceError(f"expected a JSON object, got {type(row).__name__}")
     if schema is None:
@@ -73,7 +92,32 @@ def parse_row(line: str | bytes, schema: Mapping[str, Any] | None) -> Example:
         if not check_value(row[name], want):
             raise SourceError(f"field {name!r} should be {type_name(want)}, got "
                               f"{type(row[name]).__name__} {row[name]!r:.60}")
-    return {name: row[name] for name in schema}
+    trimmed = {name: row[name] for name in schema}
+    if not unknown_ok and len(row) > len(schema):
+        e = UnknownFields(f"field(s) {sorted(row.keys() - schema.keys())} not in the schema "
+                          f"{sorted(schema)}")
+        e.row = trimmed
+        raise e
+    return trimmed
+
+
+def tell_unknown(where: str, e: UnknownFields) -> Example:
+    """Warns of fields the schema lacks (callers do it once per file); the trimmed row."""
+    log.warning("%s: %s: dropped (said once per file; strict=True refuses them)", where, e)
+    return e.row
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    """Where the line stops being JSON, counting characters from 1 within the line.
+
+    json counts a trailing newline as a line of its own ("line 2 column 1"), and reports an
+    unterminated string where it starts: a line that ends mid-value is said to be truncated.
+    """
+    end = len(e.doc.rstrip())
+    message = f"invalid JSON ({e.msg.removesuffix(' at')} at column {min(e.pos, end) + 1})"
+    if e.pos >= end or e.msg.startswith("Unterminated string"):
+        message += "; the line looks truncated (it ends mid-value)"
+    return message
 
 
 _OPEN_FILES = 64  # per process: a collection has thousands of files, a process ~1k fds
@@ -110,17 +154,21 @@ class JsonlRows:
     The index (one int64 byte offset per row) is built on first use in one pass over the
     file, at disk speed; rows are validated when read, so a bad row fails with `file:line`
     where it is used. With `skip_invalid` every row is parsed once while indexing and bad
-    ones are left out of the index (logged once). Files are opened through a small
+    ones are left out of the index (logged once). Fields the schema lacks are dropped with
+    one warning per file (per process), or refused with `strict`. A file given for a `split`
+    must hold rows: an empty one fails when first counted. Files are opened through a small
     per-process LRU of handles, so thousands of files never exhaust descriptors.
     """
 
     def __init__(self, path: str | os.PathLike[str], schema: Mapping[str, Any] | None = None,
-                 *, skip_invalid: bool = False, offsets: np.ndarray | None = None):
+                 *, skip_invalid: bool = False, strict: bool = False, split: str | None = None,
+                 offsets: np.ndarray | None = None):
         self.path = Path(path)
         self.schema = dict(schema) if schema is not None else None
-        self.skip_invalid = skip_invalid
+        self.skip_invalid, self.strict, self.split = skip_invalid, strict, split
         self._offsets = offsets
         self._file_size: int | None = None
+        self._told_unknown = False  # warned of fields the schema lacks (non-strict)
 
     def __getstate__(self) -> dict[str, Any]:
         self.offsets  # workers get the index, never rebuild it
@@ -144,9 +192,13 @@ class JsonlRows:
         # Up to the next indexed row: this row, then maybe blank or (skipped) bad lines.
         line = _HANDLES.pread(self.path, start, stop).split(b"\n", 1)[0]
         try:
-            return parse_row(line, self.schema)
+            return parse_row(line, self.schema, unknown_ok=self._told_unknown)
         except SourceError as e:
-            raise SourceError(f"{self.path}:{self.line_number(index)}: {e}") from None
+            where = f"{self.path}:{self.line_number(index)}"
+            if isinstance(e, UnknownFields) and not self.strict:
+                self._told_unknown = True
+                return tell_unknown(where, e)
+            raise SourceError(f"{where}: {e}") from None
 
     def _size(self) -> int:
         if self._file_size is None:
@@ -174,20 +226,24 @@ class JsonlRows:
         solid = np.concatenate([[0], solid])
         keep = solid[stops] - solid[starts] > 0
         offsets = starts[keep]
+        if self.split is not None and not len(offsets):
+            raise SourceError(f"{self.path}: no rows for the {self.split!r} split (the file "
+                              f"{'is empty' if not len(data) else 'has only blank lines'})")
         if not self.skip_invalid:
             return offsets
         good = []
-        for lineno, (a, b) in enumerate(zip(starts, stops), start=1):
-            if solid[b] - solid[a] == 0:
-                continue
+        for a, b in zip(starts[keep], stops[keep]):
             try:
-                parse_row(data[a:b].tobytes(), self.schema)
+                parse_row(data[a:b].tobytes(), self.schema, unknown_ok=not self.strict)
             except SourceError:
                 continue
             good.append(a)
         if len(good) < len(offsets):
             log.warning("%s: skipped %d invalid row(s) (skip_invalid=True)", self.path,
                         len(offsets) - len(good))
+        if self.split is not None and not good:
+            raise SourceError(f"{self.path}: no rows for the {self.split!r} split (all "
+                              f"{len(offsets)} are invalid; skip_invalid=True skipped them)")
         return np.asarray(good, dtype=np.int64)
 
 

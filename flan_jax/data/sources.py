@@ -3,7 +3,8 @@
 `IndexedSource` is the seqio `DataSource` over `rows.Rows` per split: seqio (tf.data) reads
 it as a stream, the Grain training reader reads the same rows by index through
 `random_access(split)`. A bad row stops the pipeline with `file:line` and what is wrong;
-nothing is skipped silently (`skip_invalid=True` skips bad rows and logs how many, once).
+nothing is skipped silently (`skip_invalid=True` skips bad rows and logs how many, once;
+fields the schema lacks are dropped with one warning per file, refused with `strict=True`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flan_jax.data.rows import ConcatRows, JsonlRows, Rows, parse_row, type_name
+from flan_jax.data.rows import (ConcatRows, JsonlRows, Rows, UnknownFields, parse_row,
+                                 tell_unknown, type_name)
 from flan_jax.errors import SourceError
 
 __all__ = ["IndexedSource", "SourceError", "indexed_source", "iter_source", "jsonl_source",
@@ -39,15 +41,16 @@ def validate_schema(schema: Schema) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
-               skip_invalid: bool = False) -> Iterator[dict[str, Any]]:
+               skip_invalid: bool = False, strict: bool = False) -> Iterator[dict[str, Any]]:
     """Yields each row of a JSONL file (blank lines ignored), checked against `schema`.
 
-    Only the schema's fields are kept, so every row has the same structure downstream.
+    Only the schema's fields are kept, so every row has the same structure downstream;
+    others are dropped with one warning for the file, or refused with `strict`.
     """
     path = Path(path)
     if schema is not None:
         validate_schema(schema)
-    skipped = 0
+    skipped, told_unknown = 0, False
     try:
         f = path.open("rb")  # bytes: bad UTF-8 is a row error with its line, not a crash
     except OSError as e:
@@ -57,12 +60,16 @@ def read_jsonl(path: str | os.PathLike[str], schema: Schema | None = None, *,
             if not line.strip():
                 continue
             try:
-                row = parse_row(line, schema)
+                row = parse_row(line, schema, unknown_ok=told_unknown)
             except SourceError as e:
-                if not skip_invalid:
+                if isinstance(e, UnknownFields) and not strict:
+                    told_unknown = True
+                    row = tell_unknown(f"{path}:{lineno}", e)
+                elif not skip_invalid:
                     raise SourceError(f"{path}:{lineno}: {e}") from None
-                skipped += 1
-                continue
+                else:
+                    skipped += 1
+                    continue
             yield row
     if skipped:
         log.warning("%s: skipped %d invalid row(s) (skip_invalid=True)", path, skipped)
@@ -149,12 +156,13 @@ def iter_source(source, split: str, *, shuffle: bool = False,
 
 
 def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
-                 schema: Schema, *, skip_invalid: bool = False):
+                 schema: Schema, *, skip_invalid: bool = False, strict: bool = False):
     """An `IndexedSource` over JSONL files per split, typed by `schema`.
 
     Each file gets a line-offset index on first use (one pass); rows are validated as they
-    are read, and a bad row fails with its `file:line`. It counts its rows, so
-    `mixing.task_rates` needs no `sizes=`.
+    are read, and a bad row fails with its `file:line`. Fields the schema lacks are dropped
+    with one warning per file; `strict=True` refuses them. It counts its rows, so
+    `mixing.task_rates` needs no `sizes=`, and a file with no rows fails when counted.
     """
     import tensorflow as tf
 
@@ -167,9 +175,11 @@ def jsonl_source(split_files: Mapping[str, str | os.PathLike[str] | Sequence[str
                 raise SourceError(f"{p}: no such file (split {split!r})")
     signature = {name: tf.TensorSpec(shape=_TYPES[t][1], dtype=_TYPES[t][0])
                  for name, t in schema.items()}
-    rows = {split: (JsonlRows(ps[0], schema, skip_invalid=skip_invalid) if len(ps) == 1 else
-                    ConcatRows([JsonlRows(p, schema, skip_invalid=skip_invalid) for p in ps]))
-            for split, ps in files.items()}
+    rows: dict[str, Rows] = {}
+    for split, paths in files.items():
+        parts = [JsonlRows(p, schema, skip_invalid=skip_invalid, strict=strict, split=split)
+                 for p in paths]
+        rows[split] = parts[0] if len(parts) == 1 else ConcatRows(parts)
     return indexed_source(rows, signature)
 
 

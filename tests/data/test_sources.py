@@ -19,14 +19,32 @@ def write(path, rows):
 GOOD = {"question": "2+2?", "options": ["3", "4"], "answer": "4", "score": 1, "extra": "x"}
 
 
-def test_rows_are_typed_and_trimmed_to_the_schema(tmp_path):
+def test_rows_are_typed_and_trimmed_to_the_schema_saying_so_once(tmp_path, caplog):
     path = write(tmp_path / "a.jsonl", [GOOD, "", GOOD])
-    rows = list(read_jsonl(path, SCHEMA))
+    with caplog.at_level(logging.WARNING):
+        rows = list(read_jsonl(path, SCHEMA))
     assert rows == [{k: v for k, v in GOOD.items() if k != "extra"}] * 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:1: field(s) ['extra'] not in the schema ['answer', 'options', 'question', "
+        "'score']: dropped (said once per file; strict=True refuses them)"]
+
+
+def test_strict_refuses_fields_the_schema_lacks(tmp_path):
+    trimmed = {k: v for k, v in GOOD.items() if k != "extra"}
+    path = write(tmp_path / "a.jsonl", [trimmed, GOOD])
+    with pytest.raises(SourceError, match=r"a\.jsonl:2: field\(s\) \['extra'\] not in the schema"):
+        list(read_jsonl(path, SCHEMA, strict=True))
+    assert list(read_jsonl(path, SCHEMA, strict=True, skip_invalid=True)) == [trimmed]
+    rows = jsonl_source({"train": path}, SCHEMA, strict=True).random_access("train")
+    assert rows[0] == trimmed
+    with pytest.raises(SourceError, match=r"a\.jsonl:2: field\(s\) \['extra'\] not in the schema"):
+        rows[1]
 
 
 @pytest.mark.parametrize("bad,message", [
-    ('{"question": "q",', "invalid JSON"),
+    ('{"question": "q",', "invalid JSON (Expecting property name enclosed in double quotes at "
+                          "column 18); the line looks truncated"),  # json: "line 2 column 1"
+    ('{"question": "q"; "answer": "a"}', "invalid JSON (Expecting ',' delimiter at column 17)"),
     ("[1, 2]", "expected a JSON object, got list"),
     ({"question": "q", "options": ["a"], "score": 1.0}, "missing field 'answer'"),
     ({**GOOD, "options": "a, b"}, "field 'options' should be list[str], got str"),
@@ -52,6 +70,15 @@ def test_schema_and_file_errors(tmp_path):
         list(read_jsonl(tmp_path / "missing.jsonl"))
     with pytest.raises(SourceError, match=r"missing.jsonl: no such file \(split 'train'\)"):
         jsonl_source({"train": tmp_path / "missing.jsonl"}, SCHEMA)
+
+
+@pytest.mark.parametrize("text,why", [("", "the file is empty"), ("\n \n", "only blank lines")])
+def test_a_split_without_rows_is_named_when_counted(tmp_path, text, why):
+    (tmp_path / "train.jsonl").write_text(text)
+    source = jsonl_source({"train": tmp_path / "train.jsonl"}, SCHEMA)  # reads nothing yet
+    with pytest.raises(SourceError, match=rf"train\.jsonl: no rows for the 'train' split "
+                                          rf"\(.*{why}\)$"):
+        source.num_input_examples("train")
 
 
 def test_seqio_source_streams_typed_tensors(tmp_path):
