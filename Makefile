@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test demo bench bench-train bench-data vocab clean
+.PHONY: install test demo bench bench-train bench-data bench-restore vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-train: install
 
 bench-data: install
 	$(PY) bench/data_pipeline.py
+
+# Peak host memory of a T5 1.1-base finetune (HF and flan-jax dirs) against training from scratch.
+bench-restore: install
+	$(PY) bench/restore_memory.py
 
 # Retrain the shipped SentencePiece model from the synthetic corpus (byte-for-byte the same).
 vocab: install

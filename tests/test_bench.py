@@ -167,3 +167,19 @@ def test_attention_benchmark_rejects_tpu_topology_with_timed_modes():
         [sys.executable, str(ROOT / "bench" / "attention.py"), "--tpu-topology", "v5e:2x2",
          "--interpret"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--tpu-topology compiles" in proc.stderr
+
+
+def test_restore_memory_benchmark_reports_scratch_and_both_finetunes(tmp_path):
+    out = tmp_path / "restore.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "restore_memory.py"), "--model", "tiny",
+         "--steps", "1", "--workdir", str(tmp_path / "w"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"scratch", "hf", "flan-jax"}
+    for run in result["runs"].values():
+        assert run["rc"] == 0 and run["peak_rss_bytes"] > 0
+    for mode in ("scratch", "hf", "flan-jax"):  # every run finished its model dir
+        assert (tmp_path / "w" / f"run-{mode}" / "model" / "config.json").exists()
+    assert "| hf |" in proc.stdout and "vs scratch" in proc.stdout
