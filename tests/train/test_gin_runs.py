@@ -73,3 +73,29 @@ def test_infer_file_sets_beam_search_and_flags_override_it():
     assert sampled["top_p"] == 0.9 and sampled["max_decode_len"] == 128 and "rng" in sampled
     with pytest.raises(ValueError, match="DecodeConfig.method='nucleus'"):
         DecodeConfig(method="nucleus")
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("train.total_steps = 'abc'", "--gin.train.total_steps='abc': expected int, got str"),
+    ("DataConfig.batch_size = 2.5", "--gin.DataConfig.batch_size=2.5: expected int, got float"),
+    ("T5Config.dropout_rate = 'x'", "--gin.T5Config.dropout_rate='x': expected float, got str"),
+    ("train.evaluate = 1", "--gin.train.evaluate=1: expected bool, got int"),
+    ("train.init_from = 3", "--gin.train.init_from=3: expected str or None, got int"),
+    ("DataConfig.task_feature_lengths = 5", "expected Mapping, got int"),
+])
+def test_a_value_of_the_wrong_type_is_refused_at_parse_time_naming_the_binding(binding,
+                                                                               message):
+    with pytest.raises(gin_utils.GinConfigError, match=message.replace("(", r"\(")):
+        gin_utils.parse(["runs/demo.gin"], ["train.model_dir = '/tmp/x'", binding])
+
+
+def test_values_of_the_right_type_pass_the_check():
+    gin_utils.parse(["runs/demo.gin"], [
+        "train.model_dir = '/tmp/x'", "train.init_from = None", "T5Config.dropout_rate = 0",
+        "DataConfig.module_imports = ('a', 'b')", "EvalConfig.groups = {'a': 'b'}"],
+        finalize=False)
+
+
+def test_a_required_value_left_unset_names_the_binding_and_how_to_give_it():
+    with pytest.raises(gin_utils.GinConfigError, match="--gin.train.init_from=VALUE"):
+        gin_utils.parse(["runs/finetune.gin"], ["train.model_dir = '/tmp/x'"])
