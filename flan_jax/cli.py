@@ -417,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes)")
     _gin_help(pl)
     pl.set_defaults(func=_plan)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="on an error, print its traceback too (or set "
+                                  "FLAN_JAX_DEBUG=1); by default one line names what failed")
     return parser
 
 
@@ -450,8 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command != "plan":
                 distributed.initialize(distributed.config_from(args))
         except (gin_utils.GinConfigError, distributed.DistributedError) as e:
-            print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
-            return 2
+            return _user_error(args, e)
     elif gin_files or gin_bindings:
         print(f"flan-jax {args.command}: error: takes no --gin_file / --gin.* flags",
               file=sys.stderr)
@@ -462,18 +465,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, FileExistsError, FileNotFoundError, ExportError, FlanJaxError,
             TemplateError, VocabularyError, NonFiniteLossError,
             distributed.StepTimeoutError) as e:
-        print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(args, e)
     except (ValueError, RuntimeError) as e:
         if not _is_config_error(e):
             raise
-
-        print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(args, e)
     except KeyboardInterrupt:
         print(f"flan-jax {args.command}: interrupted; files it was writing were not created "
               "(existing ones are unchanged)", file=sys.stderr)
         return 130
+
+
+def _user_error(args: argparse.Namespace, e: BaseException) -> int:
+    """One line that names what failed (exit 2); the traceback with --verbose or
+    FLAN_JAX_DEBUG=1."""
+    import os
+    if getattr(args, "verbose", False) or os.environ.get("FLAN_JAX_DEBUG") == "1":
+        import traceback
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
 
 
 def _is_config_error(e: Exception) -> bool:

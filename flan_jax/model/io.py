@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from flan_jax.model.config import T5Config
 from flan_jax.errors import CheckpointError
+from flan_jax.faults import kill_point
 from flan_jax.model.convert import (HFCheckpoint, Params, atomic_directory, get_path,
                                     load_hf_checkpoint, set_path)
 from flan_jax.model.params import abstract_model, params_of
@@ -44,6 +45,7 @@ def save_pretrained(path: str | os.PathLike[str], cfg: T5Config, params: Params,
         arrays = jax.tree.map(np.asarray, params)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), arrays)
+        kill_point("during_export")  # (tests: a real SIGKILL before the rename)
     return Path(path)
 
 

@@ -7,7 +7,14 @@ the flan-jax version and whatever the caller passes, e.g. the gin config name).
 
 Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only
 once everything is on disk, so a killed save leaves a tmp directory that is never listed and
-is removed when the next `Checkpointer` opens the directory.
+is removed when the next `Checkpointer` opens the directory. A save that fails (disk full)
+is raised as `CheckpointError` at the next `maybe_save` / `check_for_errors` call, and its
+tmp directory removed.
+
+Checksums: once a step is final, every process records the CRC-32 of its share of the step's
+files (`flan_jax.train.checksums`), in the background; a restore checks them first, so a
+damaged step is set aside before orbax reads a byte of it. Steps without a record (older
+flan-jax, or killed before recording) restore unverified, with one log line.
 
 Stopping on SIGTERM (preemption), the protocol the training loop follows::
 
@@ -17,6 +24,7 @@ Stopping on SIGTERM (preemption), the protocol the training loop follows::
             state, metrics = train_step(state, next(batches))
             stop = ckpt.should_stop(step)          # every step, on every process
             ckpt.maybe_save(step, state, position(step), force=stop or step == total_steps)
+            # (maybe_save also raises a failed async save of an earlier step, at once)
             if stop:
                 break                              # `close()` waits for the save
     # exit normally (status 0): the scheduler restarts the job, which resumes from `step`.
@@ -29,9 +37,11 @@ all save that step together.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -40,11 +50,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 import flan_jax
-from flan_jax.model.convert import CheckpointError
+from flan_jax.faults import kill_point
+from flan_jax.errors import CheckpointError
 from flan_jax.parallel import path_str
+from flan_jax.train import checksums, orbax_noise
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +86,10 @@ class Checkpointer:
     may donate or overwrite them) and the files are written by a background thread; `wait()`
     blocks until it has finished and re-raises its error if it failed.
     `metadata`: small JSON-able fields stored with every step (e.g. the gin config name).
+
+    A failed async save is raised as `CheckpointError` (step, path, OS reason) by the first
+    of `maybe_save`, `check_for_errors`, `save`, `wait` or `close` that runs after it failed:
+    with `maybe_save` called every step, that is the step after.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, save_every: int, keep: int,
@@ -83,6 +100,7 @@ class Checkpointer:
             raise ValueError(f"Checkpointer keep={keep}: must be >= 1")
         self.directory = Path(directory).absolute()
         self.save_every = save_every
+        self._async_save = async_save
         self._metadata = {"flan_jax_version": flan_jax.__version__, **(metadata or {})}
         _check_json(self._metadata, "Checkpointer metadata")
         options = ocp.CheckpointManagerOptions(
@@ -95,6 +113,12 @@ class Checkpointer:
         )
         # Items are typed by the args of each call (orbax's default handler registry).
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        orbax_noise.compact_orbax_logs()
+        self._saving: int | None = None  # the step an unfinished (or unchecked) save writes
+        self._recorder = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="flan_jax_checksums")
+        self._recording: tuple[int, concurrent.futures.Future] | None = None
+        self._unverified_logged: set[int] = set()
         self._stop = threading.Event()
         self._stop_logged = False
         self._previous_handler: Any = None
@@ -106,7 +130,9 @@ class Checkpointer:
                    force: bool = False) -> bool:
         """Saves when `step` is a multiple of `save_every` or `force`; True if it saved.
         A step that is already saved (e.g. a forced save right after a periodic one) is
-        skipped. `data_position` may be a function, called only when saving."""
+        skipped. `data_position` may be a function, called only when saving.
+        Raises `CheckpointError` if an earlier async save has failed since the last call."""
+        self.check_for_errors()
         if not force and step % self.save_every:
             return False
         if step == self._manager.latest_step():
@@ -115,30 +141,62 @@ class Checkpointer:
                          else data_position)
 
     def save(self, step: int, state: Any, data_position: Mapping[str, Any]) -> bool:
-        """Starts saving `state` and `data_position` as `step` (async unless disabled)."""
+        """Starts saving `state` and `data_position` as `step` (async unless disabled);
+        first waits for the previous save, raising `CheckpointError` if that failed."""
         _check_json(data_position, "data_position")
+        self.wait()
         latest = self._manager.latest_step()
         if latest is not None and step <= latest:
             raise CheckpointError(
                 f"{self.directory}: cannot save step {step}, the directory already has step "
                 f"{latest}; a run resumed from an older step would mix two histories "
                 f"(move the newer steps away or use a fresh directory)")
-        return self._manager.save(step, force=True, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state),
-            DATA_POSITION: ocp.args.JsonSave(dict(data_position)),
-            METADATA: ocp.args.JsonSave(self._metadata)}))
+        self._saving = step
+        try:
+            saved = self._manager.save(step, force=True, args=ocp.args.Composite(**{
+                STATE: ocp.args.StandardSave(state),
+                DATA_POSITION: ocp.args.JsonSave(dict(data_position)),
+                METADATA: ocp.args.JsonSave(self._metadata)}))
+            kill_point("during_save")  # (tests: a real SIGKILL while the save is written)
+        except Exception as e:  # a synchronous part (or all of a sync save) failed
+            self._saving = None
+            if orbax_noise.os_reason(e) is None:
+                raise  # not I/O: a bug, or a state orbax can't save; its own words
+            raise self._save_failed(step, e) from e
+        if not saved:
+            self._saving = None
+        elif not self._async_save:  # done: its checksums too, before returning
+            self._finish_save()
+            self._check_recording(block=True)
+        return saved
+
+    def check_for_errors(self) -> None:
+        """Non-blocking, cheap enough for every step: raises `CheckpointError` if the last
+        async save failed; once it has succeeded, starts recording its checksums."""
+        if self._saving is not None and not self._manager.is_saving_in_progress():
+            self._finish_save()
+        self._check_recording(block=False)
 
     def wait(self) -> None:
-        """Blocks until an async save has finished; raises if it failed."""
-        self._manager.wait_until_finished()
-        self._manager.check_for_errors()
+        """Blocks until an async save and its checksums are written; raises
+        `CheckpointError` if the save failed."""
+        if self._saving is not None:
+            self._finish_save()
+        else:
+            self._manager.wait_until_finished()
+        self._check_recording(block=True)
 
     def close(self) -> None:
-        """Waits for pending saves, releases orbax's threads, restores the SIGTERM handler."""
+        """Waits for pending saves (raising `CheckpointError` if the last one failed),
+        releases orbax's threads, restores the SIGTERM handler."""
         try:
-            self._manager.close()
+            self.wait()
         finally:
-            self.uninstall_sigterm_handler()
+            try:
+                self._manager.close()
+            finally:
+                self._recorder.shutdown(wait=True)
+                self.uninstall_sigterm_handler()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -168,36 +226,50 @@ class Checkpointer:
 
         `abstract_state` is the state's tree of `jax.ShapeDtypeStruct`s whose `.sharding`
         and dtype the arrays are restored into (concrete arrays are accepted too).
-        Without `step`, a checkpoint that fails to restore (missing or truncated files) is
-        logged as a warning, renamed to `<step>.damaged-<time>` once an older one restored
-        (so the run can write that step again; nothing is deleted) and the next older one
-        is tried. If none restores, `CheckpointError` lists every step and its error.
-        Arrays of other shapes than `abstract_state`'s in the newest (or given) step are no
-        damage but another setup: `CheckpointMismatchError` at once, nothing renamed.
+        Each step's files are first checked against their recorded checksums (once per
+        restore, streamed; with several processes each checks its share and all agree).
+        Without `step`, a checkpoint that fails that check or fails to restore (missing or
+        truncated files) is logged as a short warning, renamed to `<step>.damaged-<time>`
+        once an older one restored (so the run can write that step again; nothing is
+        deleted) and the next older one is tried. If none restores, `CheckpointError` lists
+        every step and its error. Arrays of other shapes than `abstract_state`'s in the
+        newest sound (or given) step are no damage but another setup:
+        `CheckpointMismatchError` at once, nothing renamed.
         """
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.reload()  # the directory may have changed since we opened it
-        newest = step if step is not None else self._manager.latest_step()
-        if newest is not None:
-            self._check_shapes(newest, abstract_state)
         if step is not None:
+            try:
+                self._verify(step)
+            except _Damaged as e:
+                raise CheckpointError(f"{self._step_dir(step)}: cannot restore checkpoint "
+                                      f"({e})") from None
+            self._check_shapes(step, abstract_state)
             try:
                 return (step, *self._restore_step(step, abstract_state))
             except Exception as e:  # orbax/tensorstore raise many types
-                raise CheckpointError(
-                    f"{self._step_dir(step)}: cannot restore checkpoint ({e})") from e
+                raise CheckpointError(f"{self._step_dir(step)}: cannot restore checkpoint "
+                                      f"({orbax_noise.short(e)})") from e
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"{self.directory}: no finished checkpoint to restore")
         failures: list[tuple[int, str]] = []  # messages only: tracebacks pin orbax's reads
+        shapes_checked = False  # on the newest step whose files are sound
         for candidate in reversed(steps):
             try:
+                self._verify(candidate)
+                if not shapes_checked:
+                    shapes_checked = True
+                    self._check_shapes(candidate, abstract_state)
                 state, position = self._restore_step(candidate, abstract_state)
+            except CheckpointMismatchError:
+                raise
             except Exception as e:  # orbax/tensorstore raise many types
-                error = f"{type(e).__name__}: {e}"
-                log.warning("checkpoint %s is damaged or unreadable, trying an older one: %s",
-                            self._step_dir(candidate), error)
+                error = str(e) if isinstance(e, _Damaged) else orbax_noise.short(e)
+                log.warning("checkpoint %s (step %d) is damaged or unreadable, trying an "
+                            "older one: %s", self._step_dir(candidate), candidate, error,
+                            exc_info=orbax_noise.debug() and not isinstance(e, _Damaged))
                 failures.append((candidate, error))
                 continue
             if failures:
@@ -273,10 +345,78 @@ class Checkpointer:
                 f"{self._step_dir(step)}: was written with another model or optimizer setup "
                 f"than this run's (nothing on disk was changed): {shown}{more}", mismatches)
 
+    def _finish_save(self) -> None:
+        """Ends the save of step `self._saving` (over, or waited for): raises its failure,
+        or starts recording its checksums in the background."""
+        step, self._saving = self._saving, None
+        try:
+            self._manager.wait_until_finished()  # at once when orbax says it is over
+            self._manager.check_for_errors()
+        except Exception as e:  # orbax/tensorstore raise many types
+            raise self._save_failed(step, e) from e
+        self._check_recording(block=True)  # (the previous step's: done long ago)
+        self._recording = (step, self._recorder.submit(
+            checksums.record, self._step_dir(step), jax.process_index(), jax.process_count()))
+
+    def _check_recording(self, *, block: bool) -> None:
+        """A failed checksum record is no failed save: the step restores, unverified."""
+        if self._recording is None or not (block or self._recording[1].done()):
+            return
+        (step, future), self._recording = self._recording, None
+        try:
+            future.result()
+        except Exception as e:  # noqa: BLE001 (any I/O error)
+            log.warning("could not record the checksums of checkpoint %s (it will restore "
+                        "unverified): %s", self._step_dir(step), orbax_noise.short(e))
+
+    def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
+        """The error to raise for a failed save of `step`, once its half-written tmp dir is
+        removed (it may be what filled the disk)."""
+        removed = []
+        if jax.process_index() == 0:
+            # orbax's name for an unfinished step (`<step>.orbax-checkpoint-tmp`, with a
+            # timestamp suffix in older versions); it has no public helper for it.
+            for tmp in sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp.name)
+        reason = orbax_noise.os_reason(error) or orbax_noise.short(error)
+        previous = [s for s in self._manager.all_steps() if s < step]
+        kept = (f"the previous checkpoint {self._step_dir(max(previous))} is intact"
+                if previous else "there is no earlier checkpoint")
+        gone = f"; the half-written {', '.join(removed)} was removed" if removed else ""
+        return CheckpointError(f"{self._step_dir(step)}: saving checkpoint step {step} "
+                               f"failed: {reason} ({kept}{gone})")
+
+    def _verify(self, step: int) -> None:
+        """Raises `_Damaged` naming the files of `step` that differ from their checksums;
+        logs, once per step, what could not be checked. Collective with several processes:
+        each checks its share, and all raise if any found damage."""
+        step_dir = self._step_dir(step)
+        result = checksums.verify(step_dir, jax.process_index(), jax.process_count())
+        if step not in self._unverified_logged and jax.process_index() == 0:
+            for note in result.unverified:  # (the same on every process)
+                log.warning("checkpoint %s (step %d) restores unverified: %s", step_dir, step,
+                            note)
+            self._unverified_logged.add(step)
+        total = len(result.damaged)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            total = int(np.sum(multihost_utils.process_allgather(np.int32(total))))
+        if total:
+            shown = "; ".join(f"{name}: {what}" for name, what in result.damaged[:3])
+            others = total - len(result.damaged)
+            if len(result.damaged) > 3:
+                shown += f" (and {len(result.damaged) - 3} more)"
+            if others:
+                shown += (f"{'; ' if shown else ''}{others} on other processes (see their "
+                          "logs)")
+            raise _Damaged(f"{total} file(s) differ from their checksums: {shown}")
+
     def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state),
-            DATA_POSITION: ocp.args.JsonRestore()}))
+        with orbax_noise.quiet_failed_reads():
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{
+                STATE: ocp.args.StandardRestore(abstract_state),
+                DATA_POSITION: ocp.args.JsonRestore()}))
         return restored[STATE], dict(restored[DATA_POSITION])
 
     def _step_dir(self, step: int) -> Path:
@@ -300,6 +440,10 @@ class Checkpointer:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("flan_jax.checkpoint.set_aside")
         self._manager.reload()
+
+
+class _Damaged(Exception):
+    """A step whose files differ from their recorded checksums (the message names them)."""
 
 
 def _check_json(value: Any, what: str) -> None:

@@ -17,6 +17,8 @@ import dataclasses
 import functools
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,10 @@ import jax
 import numpy as np
 
 from flan_jax import parallel
+from flan_jax.atomic import atomic_file
 from flan_jax.distributed import StepWatchdog
+from flan_jax.errors import ConfigError
+from flan_jax.faults import kill_point
 from flan_jax.model.config import RUN_FIELDS, T5Config
 from flan_jax.model.params import create_model, params_of
 from flan_jax.train import data as data_lib
@@ -87,13 +92,14 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                  cfg.num_encoder_layers, cfg.num_decoder_layers,
                  ", ".join(f"{k}={getattr(cfg, k)!r}" for k in RUN_FIELDS))
     mesh = parallel.make_mesh(run.mesh)
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-
     graphdef = _graphdef(run.abstract_model)
     abstract_params = run.abstract_params
-    p_shard = parallel.param_shardings(abstract_params, run.param_axes, rules, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    _check_model_dir(model_dir, _bytes(abstract_params) + _bytes(abstract_opt))
+    created = not model_dir.exists()  # (removed again if the run fails before it starts)
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    p_shard = parallel.param_shardings(abstract_params, run.param_axes, rules, mesh)
     o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
     rep = parallel.replicated(mesh)
     state_shard = TrainState(step=rep, params=p_shard, opt_state=o_shard)
@@ -119,22 +125,38 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                                       process_count=jax.process_count())
     except BaseException:
         ckpt.close()  # (its background threads would otherwise outlive the error noisily)
+        if created and jax.process_index() == 0:  # a run that never started leaves nothing
+            shutil.rmtree(model_dir, ignore_errors=True)
         raise
     # Only now: a resume refused for other settings keeps the config.gin that wrote the run.
     if jax.process_index() == 0:
-        (model_dir / "config.gin").write_text(gin.operative_config_str() or gin.config_str())
-    if start >= total_steps:
+        with atomic_file(model_dir / "config.gin") as f:
+            f.write(gin.operative_config_str() or gin.config_str())
+    # A run killed after its last checkpoint but before its final eval or export: finish it.
+    final_eval = model_dir / "eval" / f"step_{total_steps}.json"
+    need_eval = evaluate and not final_eval.exists()
+    need_export = not (model_dir / "model" / "config.json").exists()
+    finishing = start == total_steps and (need_eval or need_export)
+    if start >= total_steps and not finishing:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
+    elif finishing:
+        log.info("%s is at step %d but lacks its %s: completing them", model_dir, start,
+                 " and ".join(x for x, need in (("final eval", need_eval),
+                                                ("model/ export", need_export)) if need))
 
     evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
                                     data_cfg.module_imports)
-                 if evaluate and start < total_steps else None)
+                 if evaluate and (start < total_steps or finishing) else None)
     throughput = Throughput.for_model(
         cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
         data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)
     result = RunResult(step=start, model_dir=model_dir, evals={})
-    train_writer = MetricsWriter(model_dir / "train")
-    eval_writer = MetricsWriter(model_dir / "eval")
+    # A resumed run logs each step once: what the killed run logged after `start` goes (and
+    # the eval of `start` itself when it is redone: step 0, or a final eval being finished).
+    redo_eval = (start == 0 and eval_at_start) or (finishing and need_eval)
+    train_writer = MetricsWriter(model_dir / "train", resume_step=start)
+    eval_writer = MetricsWriter(model_dir / "eval",
+                                resume_step=start - 1 if redo_eval else start)
 
     def run_eval(step: int) -> None:
         if evaluator is None:
@@ -190,10 +212,13 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             watchdog.beat(step)
         result.step = step
         watchdog.pause()
-        if not result.stopped_early and step == total_steps and step > start:
-            run_eval(step)
+        if not result.stopped_early and step == total_steps and (step > start or finishing):
+            if step > start or need_eval:
+                run_eval(step)
             ckpt.wait()
-            _export(model_dir / "model", cfg, state.params)
+            if step > start or need_export:
+                kill_point("before_export")  # (tests: a real SIGKILL after the checkpoint)
+                _export(model_dir / "model", cfg, state.params)
     finally:
         watchdog.close()
         reader.close()  # release workers / the tf.data iterator before exit (can hang)
@@ -252,6 +277,30 @@ def _mismatch_hint(error: CheckpointMismatchError, model_dir: Path) -> str:
                 f"{not stored_3d} (the setting that wrote it).")
     return (f"Resume with the model and optimizer bindings of {model_dir / 'config.gin'} "
             "(saved by the run that wrote it), or train in a fresh model_dir.")
+
+
+def _bytes(tree: Any) -> int:
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _check_model_dir(model_dir: Path, checkpoint_bytes: int) -> None:
+    """Refuses a model_dir that can't be written, or whose disk can't hold one more
+    checkpoint, before anything is built or written (the error names the binding)."""
+    existing = model_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"train.model_dir={str(model_dir)!r}: {existing} is a file, not a "
+                          "directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.model_dir={str(model_dir)!r}: {existing} is not writable "
+                          "(Permission denied); choose another model_dir")
+    free = shutil.disk_usage(existing).free
+    if free < checkpoint_bytes:
+        raise ConfigError(
+            f"train.model_dir={str(model_dir)!r}: {free / 2**30:.2f} GiB free on its disk, "
+            f"but one checkpoint (params + optimizer state) takes {checkpoint_bytes / 2**30:.2f}"
+            " GiB; free some space or choose another model_dir")
 
 
 def _check_finite(fetched: list[tuple[int, dict[str, Any]]], ckpt: Checkpointer,

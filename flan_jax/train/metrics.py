@@ -19,6 +19,7 @@ from typing import IO, Any
 import jax
 import jax.numpy as jnp
 
+from flan_jax.atomic import atomic_file
 from flan_jax.model.config import T5Config
 from flan_jax.model.flops import train_flops
 
@@ -31,11 +32,15 @@ log = logging.getLogger(__name__)
 class MetricsWriter:
     """Scalars and texts (e.g. sample generations) to TensorBoard event files and to JSONL
     files in `logdir`. The JSONL files are appended to, so a resumed run continues the same
-    log (the steps redone after a resume appear twice: the later line wins); TensorBoard gets
-    one more event file per writer and shows them together."""
+    log; TensorBoard gets one more event file per writer and shows them together.
+
+    `resume_step`: the step a resumed run restarts from. The killed run may have logged
+    steps after its last checkpoint, which the resumed run logs again; `truncate_after`
+    drops them from the JSONL files first, so each step appears once.
+    """
 
     def __init__(self, logdir: str | Path, *, jsonl: bool = True, tensorboard: bool = True,
-                 process_index: int | None = None) -> None:
+                 process_index: int | None = None, resume_step: int | None = None) -> None:
         self.logdir = Path(logdir)
         self.active = (jax.process_index() if process_index is None else process_index) == 0
         self._jsonl = jsonl
@@ -44,6 +49,8 @@ class MetricsWriter:
         if not self.active:
             return
         self.logdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            self.truncate_after(resume_step)
         if tensorboard:
             self._tb = _tensorflow().summary.create_file_writer(str(self.logdir),
                                                                 flush_millis=10_000)
@@ -69,6 +76,20 @@ class MetricsWriter:
             with self._tb.as_default(step=int(step)):
                 tf.summary.write(name, tf.constant(text, tf.string),
                                  metadata=_plugin_metadata("text"))
+
+    def truncate_after(self, step: int) -> int:
+        """Drops the JSONL records of steps after `step` (and a line torn by a kill), each
+        file replaced atomically; returns how many lines were dropped. Process 0 only; call
+        it before this writer writes anything. TensorBoard's event files are not rewritten
+        (appended protobuf records; the new run writes a new file)."""
+        if not self.active or not self._jsonl:
+            return 0
+        dropped = 0
+        for filename in (METRICS_FILE, TEXTS_FILE):
+            if filename in self._files:
+                raise RuntimeError(f"MetricsWriter.truncate_after after writing {filename}")
+            dropped += _truncate_jsonl(self.logdir / filename, step)
+        return dropped
 
     def flush(self) -> None:
         if self._tb is not None:
@@ -205,6 +226,34 @@ def _median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _truncate_jsonl(path: Path, step: int) -> int:
+    """Rewrites `path` without the records of steps > `step` and without a last line cut
+    off by a kill; streamed (two passes, constant memory), untouched when nothing goes."""
+    if not path.exists():
+        return 0
+
+    def keep(line: str) -> bool:
+        if not line.endswith("\n"):  # cut off mid-write (even if what is there parses)
+            return False
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        try:
+            return int(record.get("step", step)) <= step
+        except (AttributeError, TypeError, ValueError):  # not ours: kept as it is
+            return True
+
+    with open(path, encoding="utf-8") as f:
+        dropped = sum(not keep(line) for line in f)
+    if dropped:
+        with open(path, encoding="utf-8") as f, atomic_file(path) as out:
+            out.writelines(line for line in f if keep(line))
+        log.info("%s: dropped %d lines after step %d (the resumed run writes those steps "
+                 "again)", path, dropped, step)
+    return dropped
 
 
 def _plugin_metadata(plugin: str) -> Any:

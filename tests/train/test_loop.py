@@ -205,3 +205,35 @@ def test_infer_and_eval_read_the_trained_run(straight_run, tmp_path):
 def test_infer_errors_are_named(tmp_path):
     proc = _cli("infer", "--checkpoint", str(tmp_path), "--input", "hi")
     assert proc.returncode == 2 and "not a model directory" in proc.stderr
+
+
+EVAL_AT_END = ["--gin.train.evaluate=True", "--gin.train.eval_at_start=False",
+               "--gin.EvalConfig.num_examples=2", "--gin.EvalConfig.batch_size=2",
+               "--gin.EvalConfig.groups={'held_out': 'flan_jax_default_held_out'}",
+               "--gin.EvalConfig.task_feature_lengths={'inputs': 96, 'targets': 32}"]
+
+
+@pytest.mark.parametrize("point", ["during_save:2", "before_export", "during_export"])
+def test_a_run_killed_at_its_end_is_finished_by_the_rerun(straight_run, tmp_path, point):
+    """A real SIGKILL while the last checkpoint is written, after it, or during the model/
+    export: the rerun leaves a complete run (model/, final eval, each step logged once, no
+    temp dirs) with the losses of an uninterrupted run."""
+    d = tmp_path / "run"
+    args = _train_args(d, 4, 2, EVAL_AT_END)
+    killed = _cli(*args, env={**ENV, "FLAN_JAX_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (d / "model").exists()
+    rerun = _cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (d / "model" / "config.json").exists() and (d / "eval" / "step_4.json").exists()
+    steps = [json.loads(line)["step"]
+             for line in (d / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    evals = [json.loads(line)["step"]
+             for line in (d / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert evals == [4]
+    want, got = _losses(straight_run[0]), _losses(d)
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(want[step], rel=1e-6), step
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["2", "4"]
+    assert not [p for p in d.rglob("*") if "tmp" in p.name]

@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import os
 
 import jax.numpy as jnp
 import pytest
@@ -107,3 +108,56 @@ def test_throughput_for_model_uses_train_flops():
 
 def test_measure_peak_flops_is_positive():
     assert measure_peak_flops(sizes=(128, 256), steps=2, warmup=1) > 0
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    # The killed run logged steps 1-5 (and a text at 4) but its last checkpoint is step 3;
+    # the kill cut its last line short.
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=0) as writer:
+        for step in range(1, 6):
+            writer.write_scalars(step, {"loss": float(step)})
+        writer.write_text(2, "generation", "two")
+        writer.write_text(4, "generation", "four")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')
+    inode = (tmp_path / "metrics.jsonl").stat().st_ino
+
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=0,
+                       resume_step=3) as writer:
+        for step in range(4, 7):
+            writer.write_scalars(step, {"loss": 10.0 * step})
+    assert _jsonl(tmp_path / "metrics.jsonl") == [
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 3.0},
+        {"step": 4, "loss": 40.0}, {"step": 5, "loss": 50.0}, {"step": 6, "loss": 60.0}]
+    assert _jsonl(tmp_path / "texts.jsonl") == [
+        {"step": 2, "name": "generation", "text": "two"}]
+    # Replaced by a new file (atomically), with the umask's permissions.
+    assert (tmp_path / "metrics.jsonl").stat().st_ino != inode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_truncate_after_leaves_a_clean_log_alone(tmp_path):
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=0) as writer:
+        writer.write_scalars(1, {"loss": 1.0})
+    inode = (tmp_path / "metrics.jsonl").stat().st_ino
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=0) as writer:
+        assert writer.truncate_after(1) == 0
+        assert writer.truncate_after(0) == 1  # a fresh start: nothing of the old run stays
+        writer.write_scalars(1, {"loss": 2.0})
+        with pytest.raises(RuntimeError, match="after writing metrics.jsonl"):
+            writer.truncate_after(0)
+    assert _jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=0, resume_step=5):
+        pass
+    assert (tmp_path / "metrics.jsonl").stat().st_ino != inode  # (rewritten once, above)
+    # Other processes never touch the file.
+    with MetricsWriter(tmp_path, tensorboard=False, process_index=1, resume_step=0) as w:
+        assert w.truncate_after(0) == 0
+    assert _jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
