@@ -44,8 +44,7 @@ class atomic_directory:
         self.overwrite = overwrite
 
     def __enter__(self) -> Path:
-        if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"{self.path} exists and is not empty (pass overwrite)")
+        check_destination(self.path, overwrite=self.overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(self.path)
         self.tmp = _make_dir(self.path, "tmp")
@@ -67,6 +66,17 @@ class atomic_directory:
         os.replace(self.tmp, self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def check_destination(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuses a destination directory that `atomic_directory` could not replace (a file; a
+    non-empty directory without `overwrite`): callers check it before expensive work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is a file, not a directory; give a "
+                              "directory path (absent or empty)")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty (pass overwrite)")
 
 
 @contextlib.contextmanager

@@ -18,9 +18,11 @@ def _convert(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    from flan_jax.atomic import check_destination
     from flan_jax.model.convert import save_hf_checkpoint
     from flan_jax.model.io import is_flan_jax_dir, load_pretrained, save_pretrained
 
+    check_destination(args.dst, overwrite=args.overwrite)  # before reading the model
     to = args.to or ("hf" if is_flan_jax_dir(args.src) else "flan-jax")
     # Both loaders cast the parameters to the config's param_dtype.
     overrides = {"param_dtype": args.dtype} if args.dtype else {}
@@ -483,7 +485,9 @@ def _user_error(args: argparse.Namespace, e: BaseException) -> int:
     if getattr(args, "verbose", False) or os.environ.get("FLAN_JAX_DEBUG") == "1":
         import traceback
         traceback.print_exception(e, file=sys.stderr)
-    print(f"flan-jax {args.command}: error: {e}", file=sys.stderr)
+    # (gin appends "In call to configurable 'train' (<function ...>)": noise to a user)
+    message = str(e).split("\n  In call to configurable")[0]
+    print(f"flan-jax {args.command}: error: {message}", file=sys.stderr)
     return 2
 
 

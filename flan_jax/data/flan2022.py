@@ -26,7 +26,7 @@ from flan_jax.data import prepare as P
 from flan_jax.data.prepare import COLUMNS, check_nulls, open_parquet
 from flan_jax.data.registry import make_room
 from flan_jax.data.rows import ConcatRows, JsonlRows, ListRows, parse_row
-from flan_jax.data.sources import SourceError, indexed_source, read_jsonl
+from flan_jax.data.sources import SourceError, from_generator, indexed_source, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +306,7 @@ def _source(files: Mapping[str, list[Path]], scans: Mapping[Path, _Scan],
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         if split not in plan:
             raise SourceError(f"Flan 2022 source has no split {split!r} (has {sorted(plan)})")
-        return tf.data.Dataset.from_generator(
-            lambda: batches(split, shuffle_files, seed), output_signature=signature).unbatch()
+        return from_generator(lambda: batches(split, shuffle_files, seed), signature).unbatch()
 
     counts = {split: sum(n for _, n, _ in units) for split, units in plan.items()}
     return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=list(files),

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flan_jax.data.rows import type_name
-from flan_jax.data.sources import Schema, SourceError, indexed_source, validate_schema
+from flan_jax.data.sources import (Schema, SourceError, from_generator, indexed_source,
+                                    validate_schema)
 
 # Column types hf_source can feed to tf.data, with their signatures (dtype, shape). Like
 # sources.py, floats become float32 and ints int64.
@@ -93,8 +94,7 @@ def hf_source(path_or_name: str | os.PathLike[str], *, splits: Sequence[str] | N
         if shuffle_files:
             ds = ds.shuffle(seed=seed)
         where = _where(path_or_name, data_files, split)
-        return tf.data.Dataset.from_generator(lambda: _rows(ds, names, where),
-                                              output_signature=signature)
+        return from_generator(lambda: _rows(ds, names, where), signature)
 
     return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=list(loaded),
                                     num_input_examples=None)

@@ -228,13 +228,14 @@ class RenderedRows:
 
 
 def render_every_template(spec: FlanTask, raw_examples: Iterable[Mapping[str, Any]],
-                          count_tokens: Callable[[str], int] = len) -> list[Example]:
-    """Each example rendered by every template of every format of `spec`: a preview and a
-    check that no template misses a field. Few-shot exemplars come from the same examples
-    (never the query itself)."""
+                          count_tokens: Callable[[str], int] = len,
+                          formats: Iterable[str] | None = None) -> list[Example]:
+    """Each example rendered by every template of every format of `spec` (or of `formats`):
+    a preview and a check that no template misses a field. Few-shot exemplars come from the
+    same examples (never the query itself)."""
     raw_examples = list(raw_examples)
     out = []
-    for fmt in spec.formats():
+    for fmt in (spec.formats() if formats is None else formats):
         renderer = FlanRenderer(spec, fmt, count_tokens)
         examples = [renderer.fields(r) for r in raw_examples]
         pool = None

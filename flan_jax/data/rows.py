@@ -163,7 +163,10 @@ class JsonlRows:
     def __init__(self, path: str | os.PathLike[str], schema: Mapping[str, Any] | None = None,
                  *, skip_invalid: bool = False, strict: bool = False, split: str | None = None,
                  offsets: np.ndarray | None = None):
-        self.path = Path(path)
+        self.path = Path(path)  # as given, for messages
+        # Read through the absolute path: the handle cache is shared process-wide, and a
+        # relative name means another file once the working directory changes.
+        self._file = self.path.absolute()
         self.schema = dict(schema) if schema is not None else None
         self.skip_invalid, self.strict, self.split = skip_invalid, strict, split
         self._offsets = offsets
@@ -190,7 +193,7 @@ class JsonlRows:
         start = int(offsets[index])
         stop = int(offsets[index + 1]) if index + 1 < len(offsets) else self._size()
         # Up to the next indexed row: this row, then maybe blank or (skipped) bad lines.
-        line = _HANDLES.pread(self.path, start, stop).split(b"\n", 1)[0]
+        line = _HANDLES.pread(self._file, start, stop).split(b"\n", 1)[0]
         try:
             return parse_row(line, self.schema, unknown_ok=self._told_unknown)
         except SourceError as e:
@@ -202,18 +205,18 @@ class JsonlRows:
 
     def _size(self) -> int:
         if self._file_size is None:
-            self._file_size = self.path.stat().st_size
+            self._file_size = self._file.stat().st_size
         return self._file_size
 
     def line_number(self, index: int) -> int:
         """1-based line of row `index` (counts the file's newlines: for error messages)."""
         offset = int(self.offsets[index])
-        with self.path.open("rb") as f:
+        with self._file.open("rb") as f:
             return f.read(offset).count(b"\n") + 1
 
     def _build_index(self) -> np.ndarray:
         try:
-            data = np.fromfile(self.path, dtype=np.uint8)
+            data = np.fromfile(self._file, dtype=np.uint8)
         except OSError as e:
             raise SourceError(f"{self.path}: cannot open ({e.strerror})") from e
         self._file_size = len(data)  # rows appended later are not in the index

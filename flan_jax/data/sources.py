@@ -9,6 +9,8 @@ fields the schema lacks are dropped with one warning per file, refused with `str
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,7 +19,7 @@ from typing import Any
 
 from flan_jax.data.rows import (ConcatRows, JsonlRows, Rows, UnknownFields, parse_row,
                                  tell_unknown, type_name)
-from flan_jax.errors import SourceError
+from flan_jax.errors import FlanJaxError, SourceError
 
 __all__ = ["IndexedSource", "SourceError", "indexed_source", "iter_source", "jsonl_source",
            "python_source", "random_access", "read_jsonl", "validate_schema"]
@@ -79,6 +81,37 @@ _CHUNK = 64  # examples per from_generator call
 Generate = Callable[[str, bool, "int | None"], Iterator[dict[str, Any]]]
 
 
+_RAISED: collections.deque[FlanJaxError] = collections.deque(maxlen=1)
+
+
+def from_generator(generate: Callable[[], Iterator[Any]], signature: Any):
+    """`tf.data.Dataset.from_generator` that remembers a FlanJaxError its generator raises:
+    tf.data wraps it in an InvalidArgumentError holding the whole Python traceback, once per
+    reading thread; `user_errors_from_tf` raises the original instead."""
+    import tensorflow as tf
+
+    def remembering() -> Iterator[Any]:
+        try:
+            yield from generate()
+        except FlanJaxError as e:
+            _RAISED.append(e)
+            raise
+
+    return tf.data.Dataset.from_generator(remembering, output_signature=signature)
+
+
+@contextlib.contextmanager
+def user_errors_from_tf() -> Iterator[None]:
+    """Around code that reads tf.data pipelines over our sources (the seqio reader, seqio
+    evaluation): a bad row's `file:line` error comes out as itself, once, not as TF's."""
+    try:
+        yield
+    except Exception as e:
+        if type(e).__module__.startswith("tensorflow") and _RAISED:
+            raise _RAISED.pop() from None
+        raise
+
+
 def _tf_dataset(generate: Callable[[], Iterator[dict[str, Any]]], signature: Mapping[str, Any]):
     """tf.data over a Python generator of example dicts, in chunks where features are scalar.
 
@@ -88,7 +121,7 @@ def _tf_dataset(generate: Callable[[], Iterator[dict[str, Any]]], signature: Map
     import tensorflow as tf
 
     if not all(len(spec.shape) == 0 for spec in signature.values()):
-        return tf.data.Dataset.from_generator(generate, output_signature=dict(signature))
+        return from_generator(generate, dict(signature))
 
     def chunks() -> Iterator[dict[str, list[Any]]]:
         buf: list[dict[str, Any]] = []
@@ -101,7 +134,7 @@ def _tf_dataset(generate: Callable[[], Iterator[dict[str, Any]]], signature: Map
             yield {k: [e[k] for e in buf] for k in signature}
 
     chunked = {k: tf.TensorSpec((None,), spec.dtype) for k, spec in signature.items()}
-    return tf.data.Dataset.from_generator(chunks, output_signature=chunked).unbatch()
+    return from_generator(chunks, chunked).unbatch()
 
 
 def python_source(generate: Generate, signature: Mapping[str, Any], splits: Sequence[str],

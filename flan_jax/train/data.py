@@ -143,7 +143,9 @@ class SeqioReader:
         return self
 
     def __next__(self) -> Batch:
-        batch = next(self._it)
+        from flan_jax.data.sources import user_errors_from_tf
+        with user_errors_from_tf():  # a bad row: its file:line error, not TF's wrapper
+            batch = next(self._it)
         self.drawn += 1
         return batch
 

@@ -61,6 +61,7 @@ class Evaluator:
         import seqio
 
         from flan_jax.data.export import import_modules
+        from flan_jax.data.sources import user_errors_from_tf
 
         import_modules(tuple(dict.fromkeys((*cfg.module_imports, *trained_modules))))
         self.cfg = cfg
@@ -74,11 +75,13 @@ class Evaluator:
             groups = follow_the_run(cfg, trained)
         groups = {**groups, **cfg.extra_groups}
         for group, name in groups.items():
-            self.evaluators[group] = seqio.Evaluator(
-                mixture_or_task_name=name,
-                feature_converter=seqio.EncDecFeatureConverter(pack=False),
-                eval_split=cfg.split, use_cached=False, seed=0,
-                sequence_length=dict(cfg.task_feature_lengths), num_examples=cfg.num_examples)
+            with user_errors_from_tf():  # (seqio reads every eval example here)
+                self.evaluators[group] = seqio.Evaluator(
+                    mixture_or_task_name=name,
+                    feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                    eval_split=cfg.split, use_cached=False, seed=0,
+                    sequence_length=dict(cfg.task_feature_lengths),
+                    num_examples=cfg.num_examples)
 
     def __call__(self, model, step: int | None = None) -> Results:
         predict = make_predict_fn(model, self.cfg.batch_size,

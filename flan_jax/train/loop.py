@@ -115,6 +115,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
 
     ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
                         keep=keep_checkpoints)
+    reader = None
     try:
         start, state, position = _initial_state(ckpt, cfg, seed, init_from, optimizer,
                                                 state_shard)
@@ -123,7 +124,19 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         reader = data_lib.make_reader(data_cfg, saved=position,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
+        # A run killed after its last checkpoint but before its final eval or export: the
+        # rerun finishes it.
+        final_eval = model_dir / "eval" / f"step_{total_steps}.json"
+        need_eval = evaluate and not final_eval.exists()
+        need_export = not (model_dir / "model" / "config.json").exists()
+        finishing = start == total_steps and (need_eval or need_export)
+        # (seqio reads every eval example now: a bad validation row fails here too)
+        evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
+                                        data_cfg.module_imports)
+                     if evaluate and (start < total_steps or finishing) else None)
     except BaseException:
+        if reader is not None:
+            reader.close()
         ckpt.close()  # (its background threads would otherwise outlive the error noisily)
         if created and jax.process_index() == 0:  # a run that never started leaves nothing
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -132,21 +145,12 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     if jax.process_index() == 0:
         with atomic_file(model_dir / "config.gin") as f:
             f.write(gin.operative_config_str() or gin.config_str())
-    # A run killed after its last checkpoint but before its final eval or export: finish it.
-    final_eval = model_dir / "eval" / f"step_{total_steps}.json"
-    need_eval = evaluate and not final_eval.exists()
-    need_export = not (model_dir / "model" / "config.json").exists()
-    finishing = start == total_steps and (need_eval or need_export)
     if start >= total_steps and not finishing:
         log.info("%s is already at step %d >= total_steps=%d", model_dir, start, total_steps)
     elif finishing:
         log.info("%s is at step %d but lacks its %s: completing them", model_dir, start,
                  " and ".join(x for x, need in (("final eval", need_eval),
                                                 ("model/ export", need_export)) if need))
-
-    evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
-                                    data_cfg.module_imports)
-                 if evaluate and (start < total_steps or finishing) else None)
     throughput = Throughput.for_model(
         cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
         data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)

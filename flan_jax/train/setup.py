@@ -9,6 +9,7 @@ written; nothing in it allocates device memory.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import gin
@@ -22,6 +23,8 @@ from flan_jax.train import data as data_lib
 from flan_jax.train import evaluate as eval_lib
 from flan_jax.train.optim import learning_rate_schedule, make_optimizer
 from flan_jax.train.step import LossConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +50,12 @@ def setup_run(init_from: str | None = None, *, import_modules: bool = True) -> R
     """The run's parts from the parsed gin config. `init_from`: a model directory whose
     config gives the architecture (gin gives the run settings; see `train.init_from`)."""
     data = data_lib.DataConfig()
-    if import_modules:  # a missing module or mixture fails before the model is built
-        data_lib.import_task_modules(data)
+    if import_modules:  # a missing module or mixture fails before the model is built,
+        data_lib.import_task_modules(data)  # and so does a template missing a field
+        from flan_jax.data.validate import check_first_rows
+        checked = check_first_rows(data.mixture_or_task_name, data.split)
+        log.info("checked the first rows of %d sources (%d renders) in %.1f s",
+                 checked.get("sources", 0), checked.get("renders", 0), checked["seconds"])
     loss, eval_cfg = LossConfig(), eval_lib.EvalConfig()
     mesh, rules = parallel.MeshConfig(), parallel.logical_axis_rules()
     schedule = learning_rate_schedule()

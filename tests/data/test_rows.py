@@ -115,3 +115,18 @@ def test_threads_read_the_rows_they_ask_for(tmp_path):
     for t in threads:
         t.join()
     assert not wrong
+
+
+def test_the_same_relative_name_in_two_directories_reads_two_files(tmp_path, monkeypatch):
+    """Handles are cached process-wide: a relative path is resolved when the rows are made,
+    so a later working directory's file of the same name is never read by mistake."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text(json.dumps({"x": name}) + "\n")
+    monkeypatch.chdir(tmp_path / "a")
+    first = JsonlRows("train.jsonl", {"x": str})
+    assert first[0] == {"x": "a"}
+    monkeypatch.chdir(tmp_path / "b")
+    second = JsonlRows("train.jsonl", {"x": str})
+    assert second[0] == {"x": "b"} and first[0] == {"x": "a"}
+    assert str(second.path) == "train.jsonl"  # messages keep the name as given
