@@ -154,9 +154,10 @@ def test_verbose_adds_the_traceback(workdir, capsys):
         "flan-jax train: error: ")
 
 
-def test_a_bad_row_mid_run_stops_the_run_once_with_its_line(tmp_path):
+@pytest.mark.parametrize("reader", ["grain", "seqio"])
+def test_a_bad_row_mid_run_stops_the_run_once_with_its_line(tmp_path, reader):
     """Row 30 is bad: the first rows pass the check, training starts, and the row's error
-    crosses from a Grain worker process to one line of the CLI, exit 2."""
+    crosses from a Grain worker process (or a tf.data thread) to one line of the CLI."""
     rows = GOOD.splitlines(keepends=True)
     rows[29] = '{"country": "X", "capital": 5}\n'
     (tmp_path / "train.jsonl").write_text("".join(rows))
@@ -167,7 +168,8 @@ def test_a_bad_row_mid_run_stops_the_run_once_with_its_line(tmp_path):
         "--gin.DataConfig.workers=2", "--gin.train.evaluate=False",
         "--gin.train.model_dir='run'", "--gin.DataConfig.shuffle=False",
         "--gin.DataConfig.mixture_or_task_name='fc_mid:zs_noopt'",
-        "--gin.DataConfig.module_imports=('fc_mid',)", "--gin.train.total_steps=40"]
+        "--gin.DataConfig.module_imports=('fc_mid',)", "--gin.train.total_steps=40",
+        f"--gin.DataConfig.reader='{reader}'"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "flan_jax", "train", *argv], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
