@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -35,16 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _time(fn, steps: int, warmup: int) -> float:
-    """Median seconds per call of `fn` (which must block until its work is done)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from flan_jax.train.metrics import median_seconds  # noqa: E402
+
+_time = median_seconds  # (re-exported: attention.py, train_step.py)
 
 
 def matmul_peak(dtype: str) -> float:

@@ -212,12 +212,14 @@ def measure_peak_flops(dtype: Any = jnp.float32, sizes: Sequence[int] | None = N
         ka, kb = jax.random.split(jax.random.key(n))
         a = jax.random.normal(ka, (n, n), dtype)
         b = jax.random.normal(kb, (n, n), dtype)
-        seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), steps, warmup)
+        seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), steps, warmup)
         best = max(best, 2.0 * n**3 / seconds)
     return best
 
 
-def _median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
+def median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
+    """Median seconds per call of `fn` (which must block until its work is done), after
+    `warmup` calls: the one timer of the MFU peak and the benchmarks."""
     for _ in range(warmup):
         fn()
     times = []
