@@ -3,10 +3,10 @@
 `DataConfig.reader`: "grain" (default) reads every example by index through
 `flan_jax.data.reader` (cost independent of the number of tasks and of the step resumed
 from; state: a few numbers per shard). "seqio" is the reference tf.data pipeline
-(`seqio.get_dataset` + `EncDecFeatureConverter`); its position is the number of batches
-drawn, and a resume re-reads them. Both give the same features for the same registrations;
-a mixture the Grain reader can't read (Tasks with TF preprocessors of their own) is read by
-seqio, with a warning naming them.
+(`seqio.get_dataset` + the seqio converter of `DataConfig.feature_converter`); its position
+is the number of batches drawn, and a resume re-reads them. Both give the same features for
+the same registrations; a mixture the Grain reader can't read (Tasks with TF preprocessors
+of their own) is read by seqio, with a warning naming them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import gin
 import numpy as np
 
+from flan_jax.data.reader.packing import converter
 from flan_jax.errors import ReaderError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ class DataConfig:
     (None: one per core beyond the trainer's, at most 8; 0: a thread of this process).
     `chunk_examples`: examples rendered and packed together (a resume re-renders at most
     one chunk per shard; packing is first-fit within a chunk).
+    `feature_converter`: the features of a batch, as seqio's converters make them:
+    "enc_dec" (`EncDecFeatureConverter`: encoder_input_tokens + decoder_* features),
+    "decoder" (decoder-only: inputs + targets as one decoder sequence of
+    inputs + targets tokens, loss on the targets only; `DecoderFeatureConverter` without
+    `decoder_causal_attention`) or "prefix_lm" (`PrefixLMFeatureConverter`: the same plus
+    `decoder_causal_attention`, 1 on the inputs and the position after them).
+    `task_feature_lengths` trims each task's inputs and targets in every case.
     """
 
     mixture_or_task_name: str = "flan_jax_default"
@@ -54,6 +62,7 @@ class DataConfig:
     reader: str = "grain"
     workers: int | None = None
     chunk_examples: int = 512
+    feature_converter: str = "enc_dec"
 
     def __post_init__(self) -> None:
         if self.reader not in READERS:
@@ -62,9 +71,17 @@ class DataConfig:
             raise ReaderError(f"DataConfig.workers={self.workers} must be >= 0 (or None)")
         if self.chunk_examples < 1:
             raise ReaderError(f"DataConfig.chunk_examples={self.chunk_examples} must be >= 1")
+        converter(self.feature_converter)  # names DataConfig.feature_converter and the choices
         missing = {"inputs", "targets"} - set(self.task_feature_lengths)
         if missing:
             raise ReaderError(f"DataConfig.task_feature_lengths needs {sorted(missing)}")
+
+    def model_feature_lengths(self) -> dict[str, int]:
+        """Each batch feature's length (seqio's `get_model_feature_lengths`), e.g.
+        decoder_target_tokens: inputs + targets for "decoder" and "prefix_lm"."""
+        return converter(self.feature_converter).lengths(
+            int(self.task_feature_lengths["inputs"]), int(self.task_feature_lengths["targets"]),
+            self.pack)
 
     def num_workers(self) -> int:
         if self.workers is not None:
@@ -110,13 +127,21 @@ def batches(cfg: DataConfig, *, start: int = 0, process_index: int = 0,
     shards = cfg.shards_for(process_count)
     rows = per_host_batch_size(cfg.batch_size, shards)
     k = shards // process_count
+    conv = converter(cfg.feature_converter)
+    names = conv.features(cfg.pack)
 
     def shard(index: int):
         ds = seqio.get_dataset(
             cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
             dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs,
-            feature_converter=seqio.EncDecFeatureConverter(pack=cfg.pack), seed=cfg.seed,
+            feature_converter=getattr(seqio, conv.seqio_class)(pack=cfg.pack), seed=cfg.seed,
             use_cached=False, shard_info=seqio.ShardInfo(index, shards))
+        missing = set(names) - set(ds.element_spec)
+        if missing:
+            raise ReaderError(f"seqio's {conv.seqio_class} gave no {sorted(missing)} for "
+                              f"DataConfig.feature_converter={cfg.feature_converter!r}")
+        # Only the converter's features ("decoder" drops seqio's decoder_causal_attention).
+        ds = ds.map(lambda ex: {n: ex[n] for n in names})
         return ds.batch(rows, drop_remainder=True)
 
     ds = shard(process_index * k)
@@ -163,7 +188,8 @@ def stream_settings(cfg: DataConfig, process_count: int = 1):
         mixture=cfg.mixture_or_task_name, split=cfg.split, seed=cfg.seed, shuffle=cfg.shuffle,
         batch_size=cfg.batch_size, inputs_length=int(cfg.task_feature_lengths["inputs"]),
         targets_length=int(cfg.task_feature_lengths["targets"]), pack=cfg.pack,
-        shards=cfg.shards_for(process_count), chunk=cfg.chunk_examples)
+        shards=cfg.shards_for(process_count), chunk=cfg.chunk_examples,
+        feature_converter=cfg.feature_converter)
 
 
 def make_reader(cfg: DataConfig, *, saved: Mapping[str, Any] | None = None,
@@ -227,15 +253,19 @@ def position(batches_drawn: int, cfg: DataConfig, process_count: int = 1) -> dic
             "seed": cfg.seed, "batch_size": cfg.batch_size,
             "shards": cfg.shards_for(process_count),
             "lengths": {k: int(v) for k, v in cfg.task_feature_lengths.items()},
-            "pack": cfg.pack}
+            "pack": cfg.pack, "feature_converter": cfg.feature_converter}
 
 
 def check_position(saved: Mapping[str, Any], cfg: DataConfig, process_count: int = 1) -> int:
     """Batches drawn of a seqio-reader position; refuses another stream, naming the field."""
+    from flan_jax.data.reader.pipeline import SAVED_DEFAULTS
+
+    saved = {**SAVED_DEFAULTS, **saved}  # (positions saved before those settings existed)
     for key, now in (("mixture", cfg.mixture_or_task_name), ("seed", cfg.seed),
                      ("batch_size", cfg.batch_size),
                      ("shards", cfg.shards_for(process_count)),
-                     ("lengths", dict(cfg.task_feature_lengths)), ("pack", cfg.pack)):
+                     ("lengths", dict(cfg.task_feature_lengths)), ("pack", cfg.pack),
+                     ("feature_converter", cfg.feature_converter)):
         if key in saved and saved[key] != now:
             raise ReaderError(
                 f"the checkpoint's data pipeline used {key}={saved[key]!r}, this run "

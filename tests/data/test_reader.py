@@ -15,7 +15,7 @@ from flan_jax.data import mixing
 from flan_jax.data.flan import FlanTask, register_flan_task
 from flan_jax.data.reader.build import UnsupportedMixture, grain_reader, leaf_tasks, resolve
 from flan_jax.data.reader.mixture import IndexMixture
-from flan_jax.data.reader.packing import PACKED
+from flan_jax.data.reader.packing import CONVERTERS
 from flan_jax.data.reader.permutation import key, permute
 from flan_jax.data.sources import jsonl_source
 from flan_jax.data.templates import Template
@@ -23,6 +23,7 @@ from flan_jax.errors import ReaderError, SourceError
 from flan_jax.train.data import DataConfig, make_reader, reader_position, stream_settings
 
 LENGTHS = {"inputs": 96, "targets": 32}
+PACKED = CONVERTERS["enc_dec"].features(pack=True)
 
 
 def cfg(**kw) -> DataConfig:

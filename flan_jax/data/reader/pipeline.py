@@ -7,7 +7,8 @@ tokenized and packed in a worker process (`ChunkMaker`, picklable and free of Te
 and seqio). A host reads only its own shards' chunks and takes `batch_size / shards` rows
 from each shard per batch, in shard order, so the global batch does not depend on how many
 hosts or workers there are. Its state is (chunk, row) per shard: restoring it re-renders at
-most one chunk per shard, whatever the step.
+most one chunk per shard, whatever the step. `StreamSettings.feature_converter` picks the
+features a chunk is packed into (`packing.CONVERTERS`: enc-dec, decoder-only, prefix LM).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from flan_jax.data.reader.mixture import IndexMixture
-from flan_jax.data.reader.packing import pack, pad, trim_eos
+from flan_jax.data.reader.packing import converter, pack, pad, trim_eos
 from flan_jax.data.rows import Rows
 from flan_jax.errors import ReaderError
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 _ENDLESS = 1 << 62
+# Settings added after streams were first saved: what a stream saved without them used.
+SAVED_DEFAULTS = {"feature_converter": "enc_dec"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +48,10 @@ class StreamSettings:
     pack: bool
     shards: int
     chunk: int
+    feature_converter: str = "enc_dec"
 
     def __post_init__(self) -> None:
+        converter(self.feature_converter)  # an unknown name fails here, naming the setting
         if self.batch_size % self.shards:
             raise ReaderError(f"DataConfig.batch_size={self.batch_size} must divide evenly "
                               f"over {self.shards} shards (DataConfig.shards)")
@@ -65,6 +70,7 @@ class StreamSettings:
         names = {"inputs_length": "task_feature_lengths['inputs']",
                  "targets_length": "task_feature_lengths['targets']",
                  "mixture": "mixture_or_task_name", "chunk": "chunk_examples"}
+        saved = {**SAVED_DEFAULTS, **saved}
         for key, now in self.to_dict().items():
             if key in saved and saved[key] != now:
                 raise ReaderError(
@@ -100,7 +106,8 @@ class ChunkMaker:
             ex = self.rows[t][r]
             tokens.append((trim_eos(tok.encode(ex["inputs"]), s.inputs_length, tok.eos_id),
                            trim_eos(tok.encode(ex["targets"]), s.targets_length, tok.eos_id)))
-        features = (pack if s.pack else pad)(tokens, s.inputs_length, s.targets_length)
+        features = (pack if s.pack else pad)(tokens, s.inputs_length, s.targets_length,
+                                             s.feature_converter)
         return {"chunk": chunk, "shard": shard, "features": features}
 
 
