@@ -1,9 +1,9 @@
 """Multi-head attention for T5, with a KV cache and one kernel switch (`backend`).
 
 Masks come from segment ids (0 = padding, packed examples have distinct ids) and positions
-(causal = key position <= query position, within a segment), so packed rows and incremental
-decoding use the same code. T5 never scales scores by 1/sqrt(head_dim): that factor lives in
-the query initialisation.
+(causal = key position <= query position, within a segment), plus a prefix LM's prefix flags
+(xla only), so packed rows and incremental decoding use the same code. T5 never scales scores
+by 1/sqrt(head_dim): that factor lives in the query initialisation.
 
 Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
 (flan_jax.kernels flash attention: Pallas' Triton lowering on GPU, its Mosaic variant on TPU,
@@ -41,18 +41,30 @@ BLOCK_K = 128
 _log = logging.getLogger(__name__)
 
 
-def resolve_backend(backend: str, *, attention_dropout: bool = False) -> str:
+def resolve_backend(backend: str, *, attention_dropout: bool = False,
+                    prefix_mask: bool = False) -> str:
     """Maps 'auto' to the kernel on GPU and TPU and to XLA elsewhere; checks the name.
 
     `attention_dropout`: dropout on the attention probabilities is on (training with
     dropout_rate > 0), which only xla implements, so 'auto' picks xla then (and says so once).
+    `prefix_mask`: a prefix-LM mask (`attention_mask`'s q_prefix / kv_prefix), which only xla
+    implements: 'auto' picks xla (said once), a kernel backend named outright is refused.
     """
     if backend not in BACKENDS:
         raise ValueError(
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
+    if prefix_mask and backend in KERNEL_BACKENDS:
+        raise ValueError(
+            f"attention_backend={backend!r} has no prefix-LM mask (decoder_causal_attention); "
+            "use attention_backend='xla' or 'auto' for prefix-LM batches")
     if backend == "auto":
         if jax.default_backend() in _KERNEL_MODES:
+            if prefix_mask:
+                _log_once("attention_backend='auto' with a prefix-LM mask "
+                          "(decoder_causal_attention): xla (the Pallas kernel is causal or "
+                          "bidirectional only)", logging.WARNING)
+                return "xla"
             if attention_dropout:
                 _log_once("attention_backend='auto' with dropout: xla (the Pallas kernel has "
                           "no attention dropout; set T5Config.dropout_rate=0 to use it)",
@@ -80,12 +92,21 @@ def tpu_kernel_supported() -> bool:
 
 def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
                    q_positions: jax.Array, kv_positions: jax.Array,
-                   causal: bool) -> jax.Array:
-    """bool [b, 1, lq, lk]: same non-padding segment, and key not in the future if causal."""
+                   causal: bool, q_prefix: jax.Array | None = None,
+                   kv_prefix: jax.Array | None = None) -> jax.Array:
+    """bool [b, 1, lq, lk]: same non-padding segment, and key not in the future if causal.
+
+    A prefix LM passes q_prefix / kv_prefix (bool [b, lq] / [b, lk]; seqio's
+    `decoder_causal_attention`): a causal mask then also lets a prefix query see every prefix
+    key of its segment, later ones included (flaxformer's `make_decoder_mask` rule).
+    """
     mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (
         kv_segment_ids[:, None, :] != 0)
     if causal:
-        mask &= kv_positions[:, None, :] <= q_positions[:, :, None]
+        visible = kv_positions[:, None, :] <= q_positions[:, :, None]
+        if q_prefix is not None:
+            visible |= q_prefix[:, :, None] & kv_prefix[:, None, :]
+        mask &= visible
     return mask[:, None]
 
 
@@ -126,8 +147,13 @@ class AttentionInputs:
 
 def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
                       q_positions: jax.Array, kv_positions: jax.Array, causal: bool,
-                      relpos: RelativePositionBias | None, backend: str) -> AttentionInputs:
-    backend = resolve_backend(backend)
+                      relpos: RelativePositionBias | None, backend: str,
+                      q_prefix: jax.Array | None = None,
+                      kv_prefix: jax.Array | None = None) -> AttentionInputs:
+    """The inputs of every layer of one stack; q_prefix / kv_prefix as in `attention_mask`."""
+    if (q_prefix is None) != (kv_prefix is None):
+        raise ValueError("prepare_attention: give both q_prefix and kv_prefix, or neither")
+    backend = resolve_backend(backend, prefix_mask=q_prefix is not None)
     if backend in KERNEL_BACKENDS:
         return AttentionInputs(
             backend=backend, causal=causal,
@@ -135,7 +161,8 @@ def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
             max_distance=0 if relpos is None else relpos.max_distance,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
             q_positions=q_positions, kv_positions=kv_positions)
-    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal,
+                          q_prefix, kv_prefix)
     bias = jnp.zeros((), jnp.float32) if relpos is None else relpos(q_positions, kv_positions)
     return AttentionInputs(dense_bias=jnp.where(mask, bias, MASK_VALUE), backend=backend)
 

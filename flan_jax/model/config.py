@@ -1,4 +1,4 @@
-"""T5Config and the published T5 1.0 / 1.1 / Flan-T5 shapes.
+"""T5Config and the published T5 1.0 / 1.1 / Flan-T5 shapes (encoder-decoder or decoder-only).
 
 The config is a frozen dataclass so it can be a static argument of `jax.jit` and a gin-bound
 value; every field of a preset can be overridden (`get_config("flan_t5-base", dropout_rate=0.0)`).
@@ -12,6 +12,9 @@ from typing import Any, Literal
 import jax.numpy as jnp
 
 FeedForward = Literal["relu", "gated-gelu"]
+Architecture = Literal["encoder_decoder", "decoder_only"]
+
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
 
 VARIANTS = ("t5_1_0", "t5_1_1", "flan_t5")
 # What a run decides (nothing here changes a parameter's shape or meaning); every other field
@@ -23,13 +26,20 @@ SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-    """Shape and numerics of a T5 encoder-decoder.
+    """Shape and numerics of a T5 encoder-decoder, or of a decoder-only T5-style stack.
+
+    `architecture` picks the model `params.create_model` builds: "encoder_decoder" (`t5.T5`)
+    or "decoder_only" (`decoder_only.DecoderOnly`: one self-attention stack of
+    `num_decoder_layers` layers; `num_encoder_layers` is unused there). Causal, prefix-LM and
+    semi-causal masks are all this one decoder-only architecture: the mask comes with the
+    batch (`decoder_causal_attention`), not from the config.
 
     `tie_embeddings` computes the output logits with the shared input embedding (T5 1.0);
     `scale_decoder_outputs` multiplies the final decoder states by d_model**-0.5 before the
     logits (T5 1.0; Hugging Face's `scale_decoder_outputs`). T5 1.1 and Flan-T5 do neither.
     """
 
+    architecture: Architecture = "encoder_decoder"
     vocab_size: int = 32128
     d_model: int = 512
     num_heads: int = 6
@@ -55,6 +65,10 @@ class T5Config:
     decoder_start_id: int = 0
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"T5Config.architecture={self.architecture!r}: choose one of {ARCHITECTURES}"
+            )
         if self.feed_forward not in ("relu", "gated-gelu"):
             raise ValueError(
                 f"T5Config.feed_forward={self.feed_forward!r}: expected 'relu' (T5 1.0) or "

@@ -100,6 +100,10 @@ def _first(x: Any) -> Any:
 
 def config_to_hf(cfg: T5Config) -> dict[str, Any]:
     """An HF config dict that transformers v4 and v5 both read as this model."""
+    if cfg.architecture != "encoder_decoder":
+        raise CheckpointError(
+            f"T5Config.architecture={cfg.architecture!r}: Hugging Face's T5 layout is an "
+            "encoder-decoder; keep this model as a flan-jax directory")
     return {
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",
@@ -418,9 +422,10 @@ def load_hf_checkpoint(path: str | os.PathLike[str],
 def save_hf_checkpoint(path: str | os.PathLike[str], cfg: T5Config, params: Params, *,
                        overwrite: bool = False) -> Path:
     """Writes config.json + model.safetensors atomically (a temp dir renamed into place)."""
+    hf_config = config_to_hf(cfg)  # (refuses what HF's T5 can't hold, before any work)
     tensors = params_to_hf_tensors(params, cfg)
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({
             "decoder_start_token_id": cfg.decoder_start_id, "eos_token_id": cfg.eos_id,
             "pad_token_id": cfg.pad_id}, indent=2) + "\n")

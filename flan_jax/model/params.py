@@ -1,4 +1,5 @@
-"""Moving between an NNX `T5` module and a plain nested dict of parameter arrays.
+"""Building a model from its config (`T5` or `DecoderOnly`), and moving between it and a
+plain nested dict of parameter arrays.
 
 The dict form (what `nnx.to_pure_dict` gives) is what converters, checkpoints and the
 functional train step exchange; `param_axes` gives the matching tree of logical axis names.
@@ -13,29 +14,32 @@ import numpy as np
 from flax import nnx
 
 from flan_jax.model.config import T5Config
+from flan_jax.model.decoder_only import DecoderOnly
 from flan_jax.model.layers import shapes_only
 from flan_jax.model.t5 import T5
 
 Params = dict[str, Any]
+Model = T5 | DecoderOnly
+MODEL_CLASSES: dict[str, type[Model]] = {"encoder_decoder": T5, "decoder_only": DecoderOnly}
 
 
-def create_model(cfg: T5Config, seed: int = 0) -> T5:
-    """A freshly initialised model (parameters from `seed`)."""
-    return T5(cfg, rngs=nnx.Rngs(params=seed))
+def create_model(cfg: T5Config, seed: int = 0) -> Model:
+    """A freshly initialised model of `cfg.architecture` (parameters from `seed`)."""
+    return MODEL_CLASSES[cfg.architecture](cfg, rngs=nnx.Rngs(params=seed))
 
 
-def abstract_model(cfg: T5Config) -> T5:
+def abstract_model(cfg: T5Config) -> Model:
     """Shapes and dtypes only; nothing is allocated (what `nnx.eval_shape` of `create_model`
     gives, built without tracing: see `layers.shapes_only`)."""
     with shapes_only():
-        return T5(cfg, rngs=nnx.Rngs(params=0))
+        return MODEL_CLASSES[cfg.architecture](cfg, rngs=nnx.Rngs(params=0))
 
 
-def params_of(model: T5) -> Params:
+def params_of(model: Model) -> Params:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def param_axes(model: T5) -> Params:
+def param_axes(model: Model) -> Params:
     """Tree of logical axis-name tuples, shaped like `params_of(model)`."""
     state = nnx.state(model, nnx.Param)
     axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
@@ -43,7 +47,7 @@ def param_axes(model: T5) -> Params:
     return nnx.to_pure_dict(axes)
 
 
-def model_from_params(cfg: T5Config, params: Params) -> T5:
+def model_from_params(cfg: T5Config, params: Params) -> Model:
     """A model holding `params` (arrays or numpy); shapes and dtypes are checked."""
     model = abstract_model(cfg)
     expected = params_of(model)

@@ -73,3 +73,26 @@ def test_abstract_model_is_what_eval_shape_of_the_constructor_gives(name):
         pass
     tiny = create_model(get_config("tiny"))  # the switch is off again: real arrays
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params_of(tiny)))
+
+
+def test_architecture_is_validated_and_round_trips_through_config_json(tmp_path):
+    """A decoder-only config survives config.json; an old config.json without the field
+    loads as encoder-decoder; `architecture` is a shape field (a checkpoint decides it)."""
+    import json
+
+    from flan_jax.model.config import RUN_FIELDS
+    from flan_jax.model.io import FORMAT, load_config
+
+    with pytest.raises(ValueError, match="T5Config.architecture='decoder'"):
+        get_config("tiny", architecture="decoder")
+    cfg = get_config("tiny", architecture="decoder_only", num_decoder_layers=3)
+    assert "architecture" not in RUN_FIELDS
+    assert T5Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for name, d in {"new": cfg.to_dict(),
+                    "old": {k: v for k, v in get_config("tiny").to_dict().items()
+                            if k != "architecture"}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"format": FORMAT, **d}))
+    assert load_config(tmp_path / "new") == cfg
+    assert load_config(tmp_path / "old") == get_config("tiny")
+    assert load_config(tmp_path / "old").architecture == "encoder_decoder"

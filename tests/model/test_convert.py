@@ -173,3 +173,12 @@ def test_tied_export_carries_lm_head_copy(tmp_path):
     assert cfg.tie_embeddings and "logits_dense" not in params
     tensors = params_to_hf_tensors(params, cfg)
     np.testing.assert_array_equal(tensors["lm_head.weight"], tensors["shared.weight"])
+
+
+def test_a_decoder_only_model_is_not_exported_as_a_hugging_face_t5(tmp_path):
+    from flan_jax.model import create_model, get_config, params_of
+
+    cfg = get_config("tiny", architecture="decoder_only")
+    with pytest.raises(CheckpointError, match="architecture='decoder_only'"):
+        save_hf_checkpoint(tmp_path / "hf", cfg, params_of(create_model(cfg)))
+    assert not (tmp_path / "hf").exists()
