@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flan_jax.errors import ConfigError
+from flan_jax.model.decoder_only import DecoderOnly
 from flan_jax.model.t5 import T5, default_segment_ids
 
 # A finite "impossible" log-prob (as in HF and t5x): sums with it stay ordered and never NaN.
@@ -43,21 +45,27 @@ def decode(model: T5, encoder_input_tokens: jax.Array, *, method: str = "greedy"
     return fns[method](model, encoder_input_tokens, **kwargs)
 
 
-def greedy_decode(model: T5, encoder_input_tokens: jax.Array, *, max_decode_len: int,
-                  encoder_segment_ids: jax.Array | None = None,
-                  return_logits: bool = False) -> DecodeResult:
-    """Argmax decoding from the start token until EOS (or `max_decode_len`) for every row."""
+def greedy_decode(model: T5 | DecoderOnly, encoder_input_tokens: jax.Array, *,
+                  max_decode_len: int, encoder_segment_ids: jax.Array | None = None,
+                  return_logits: bool = False, prefix: bool = False) -> DecodeResult:
+    """Argmax decoding from the start token until EOS (or `max_decode_len`) for every row.
+
+    A `DecoderOnly` model continues the prompt [start, inputs] as the decoder / prefix-LM
+    features lay it out; `prefix`: the model was trained as a prefix LM (the prompt is then
+    seen bidirectionally)."""
     graphdef, state, tokens, segments = _prepare(model, encoder_input_tokens,
                                                  encoder_segment_ids, max_decode_len)
     return _sample_loop(graphdef, state, tokens, segments, None, jnp.float32(1.0),
                         jnp.float32(1.0), max_decode_len=max_decode_len, top_k=0,
-                        use_top_p=False, greedy=True, return_logits=return_logits)
+                        use_top_p=False, greedy=True, return_logits=return_logits,
+                        prefix=prefix)
 
 
-def sample_decode(model: T5, encoder_input_tokens: jax.Array, *, rng: jax.Array,
-                  max_decode_len: int, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, encoder_segment_ids: jax.Array | None = None,
-                  return_logits: bool = False) -> DecodeResult:
+def sample_decode(model: T5 | DecoderOnly, encoder_input_tokens: jax.Array, *,
+                  rng: jax.Array, max_decode_len: int, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0,
+                  encoder_segment_ids: jax.Array | None = None,
+                  return_logits: bool = False, prefix: bool = False) -> DecodeResult:
     """Ancestral sampling; the same `rng` key gives the same tokens.
 
     Each step divides the f32 logits by `temperature` (0 means greedy), keeps the `top_k`
@@ -82,7 +90,7 @@ def sample_decode(model: T5, encoder_input_tokens: jax.Array, *, rng: jax.Array,
                         max_decode_len=max_decode_len,
                         top_k=0 if greedy or top_k >= model.cfg.vocab_size else top_k,
                         use_top_p=not greedy and top_p < 1.0, greedy=greedy,
-                        return_logits=return_logits)
+                        return_logits=return_logits, prefix=prefix)
 
 
 def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 4,
@@ -101,6 +109,9 @@ def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 
     at `max_decode_len` when `length_penalty > 0` (HF's `early_stopping="never"`, exact).
     `length_penalty` is traced (changing it does not recompile).
     """
+    if isinstance(model, DecoderOnly):
+        raise ConfigError("beam_search: decoder-only models decode greedily or by sampling "
+                          "so far (--method greedy | sample)")
     if beam_size < 1:
         raise ValueError(f"beam_search beam_size={beam_size} must be >= 1")
     if not 1 <= num_return <= beam_size:
@@ -115,7 +126,8 @@ def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 
     return BeamResult(*(x[:, :num_return] for x in best))
 
 
-def _prepare(model: T5, tokens: jax.Array, segments: jax.Array | None, max_decode_len: int):
+def _prepare(model: T5 | DecoderOnly, tokens: jax.Array, segments: jax.Array | None,
+             max_decode_len: int):
     if max_decode_len < 1:
         raise ValueError(f"max_decode_len={max_decode_len} must be >= 1")
     if segments is None:
@@ -140,21 +152,37 @@ def _filter_logits(logits: jax.Array, top_k: int, top_p: jax.Array | None) -> ja
     return logits
 
 
+def _begin(model: T5 | DecoderOnly, enc_tokens: jax.Array, enc_segments: jax.Array,
+           max_decode_len: int, prefix: bool) -> tuple[jax.Array, Any]:
+    """(logits f32 [b, vocab] of the first generated token, cache): T5 encodes and steps the
+    start token; a decoder-only model prefills [start, inputs] (its inputs right-padded)."""
+    cfg = model.cfg
+    b, li = enc_tokens.shape
+    start = jnp.full((b, 1), cfg.decoder_start_id, jnp.int32)
+    if isinstance(model, DecoderOnly):
+        lengths = 1 + jnp.sum(enc_segments > 0, axis=1).astype(jnp.int32)
+        logits, cache = model.prefill(jnp.concatenate([start, enc_tokens], axis=1),
+                                      li + 1 + max_decode_len, prompt_lengths=lengths,
+                                      prefix=prefix)
+        return jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0], cache
+    encoded = model.encode(enc_tokens, enc_segments)
+    return model.decode_step(model.init_cache(encoded, enc_segments, max_decode_len),
+                             start[:, 0])
+
+
 @functools.partial(jax.jit, static_argnums=0, static_argnames=(
-    "max_decode_len", "top_k", "use_top_p", "greedy", "return_logits"))
+    "max_decode_len", "top_k", "use_top_p", "greedy", "return_logits", "prefix"))
 def _sample_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array,
                  rng: jax.Array | None, temperature: jax.Array, top_p: jax.Array, *,
                  max_decode_len: int, top_k: int, use_top_p: bool, greedy: bool,
-                 return_logits: bool) -> DecodeResult:
-    model: T5 = nnx.merge(graphdef, state)
+                 return_logits: bool, prefix: bool = False) -> DecodeResult:
+    model = nnx.merge(graphdef, state)
     cfg = model.cfg
     b = enc_tokens.shape[0]
-    encoded = model.encode(enc_tokens, enc_segments)
-    cache = model.init_cache(encoded, enc_segments, max_decode_len)
+    logits, cache = _begin(model, enc_tokens, enc_segments, max_decode_len, prefix)
     tokens = jnp.full((b, max_decode_len), cfg.pad_id, jnp.int32)
     logits_buf = jnp.zeros((b, max_decode_len if return_logits else 0, cfg.vocab_size),
                            jnp.float32)
-    prev = jnp.full((b,), cfg.decoder_start_id, jnp.int32)
     done = jnp.zeros((b,), bool)
     lengths = jnp.zeros((b,), jnp.int32)
 
@@ -163,8 +191,7 @@ def _sample_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array
         return (i < max_decode_len) & ~jnp.all(done)
 
     def body(carry):
-        i, prev, cache, done, tokens, lengths, logits_buf = carry
-        logits, cache = model.decode_step(cache, prev)  # [b, vocab] f32
+        i, logits, cache, done, tokens, lengths, logits_buf = carry
         if greedy:
             nxt = jnp.argmax(logits, axis=-1)
         else:
@@ -176,9 +203,12 @@ def _sample_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array
         if return_logits:
             logits_buf = logits_buf.at[:, i].set(logits)
         done = done | (nxt == cfg.eos_id)
-        return i + 1, nxt, cache, done, tokens, lengths, logits_buf
+        # The next position's logits (after the last token: one step unused, written at
+        # the clamped last cache slot).
+        logits, cache = model.decode_step(cache, nxt)
+        return i + 1, logits, cache, done, tokens, lengths, logits_buf
 
-    carry = (jnp.zeros((), jnp.int32), prev, cache, done, tokens, lengths, logits_buf)
+    carry = (jnp.zeros((), jnp.int32), logits, cache, done, tokens, lengths, logits_buf)
     _, _, _, _, tokens, lengths, logits_buf = jax.lax.while_loop(cond, body, carry)
     return DecodeResult(tokens, lengths, logits_buf if return_logits else None)
 

@@ -338,3 +338,32 @@ def test_bad_options_fail_with_their_name(tiny, batch, fn, kw, match):
         kw["rng"] = jax.random.key(0)
     with pytest.raises(ValueError, match=match):
         fn(model, batch, **kw)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_decoder_only_greedy_continues_the_prompt_as_the_full_forward_does(prefix):
+    """Rows of different input lengths: each generated token is the argmax of the full
+    forward over [start, inputs, generated so far] (the prompt bidirectional for a prefix
+    LM), and nothing after EOS."""
+    cfg = get_config("tiny", architecture="decoder_only", vocab_size=40, eos_id=1)
+    model = create_model(cfg, seed=3)
+    inputs = np.zeros((2, 6), np.int32)
+    inputs[0, :5] = [5, 9, 12, 7, 1]
+    inputs[1, :3] = [8, 3, 1]
+    result = greedy_decode(model, jnp.asarray(inputs), max_decode_len=6, prefix=prefix)
+    for row in range(2):
+        prompt = [0] + [t for t in inputs[row] if t]
+        generated = [int(t) for t in np.asarray(result.tokens[row])]
+        n = int(result.lengths[row])
+        for i in range(n):
+            seq = jnp.asarray([prompt + generated[:i]])
+            mask = jnp.asarray([[1] * len(prompt) + [0] * i]) if prefix else None
+            logits = model(seq, decoder_causal_attention=mask)
+            assert int(jnp.argmax(logits[0, -1])) == generated[i], (row, i)
+        assert all(t == 0 for t in generated[n:])
+
+
+def test_decoder_only_beam_search_is_refused_by_name():
+    model = create_model(get_config("tiny", architecture="decoder_only"))
+    with pytest.raises(ValueError, match="decoder-only models decode greedily or by sampling"):
+        beam_search(model, jnp.ones((1, 4), jnp.int32), max_decode_len=3)
