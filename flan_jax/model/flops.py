@@ -11,10 +11,15 @@ from flan_jax.model.config import T5Config
 
 
 def forward_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int) -> float:
+    """A decoder-only model runs one sequence of inputs_len + targets_len tokens."""
     e, f, i = cfg.d_model, cfg.d_ff, cfg.inner_dim
     b, le, ld = batch, inputs_len, targets_len
     mlp = (3 if cfg.gated else 2) * e * f  # multiply-adds per token
     attn_scores = 2 * i  # q.k and p.v per (query, key) pair, summed over heads
+    if cfg.architecture == "decoder_only":
+        n = le + ld
+        layers = cfg.num_decoder_layers * (b * n * (4 * e * i + mlp) + b * n * n * attn_scores)
+        return 2.0 * (layers + b * n * e * cfg.vocab_size)
     encoder = cfg.num_encoder_layers * (
         b * le * (4 * e * i + mlp) + b * le * le * attn_scores)
     decoder = cfg.num_decoder_layers * (

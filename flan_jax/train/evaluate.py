@@ -55,16 +55,18 @@ class Evaluator:
     """One seqio.Evaluator per group; `__call__(model, step)` -> per-task metrics."""
 
     def __init__(self, cfg: EvalConfig, trained: str | None = None,
-                 trained_modules: tuple[str, ...] = ()):
+                 trained_modules: tuple[str, ...] = (), feature_converter: str = "enc_dec"):
         """`trained`: the mixture or task the run trains on (what `groups=None` evaluates);
-        `trained_modules`: the modules that register it (DataConfig.module_imports)."""
+        `trained_modules`: the modules that register it (DataConfig.module_imports);
+        `feature_converter`: the features the model trained on (DataConfig's), so a
+        decoder-only model is prompted and scored as it trained."""
         import seqio
 
         from flan_jax.data.export import import_modules
         from flan_jax.data.sources import user_errors_from_tf
 
         import_modules(tuple(dict.fromkeys((*cfg.module_imports, *trained_modules))))
-        self.cfg = cfg
+        self.cfg, self.feature_converter = cfg, feature_converter
         self.evaluators = {}
         groups = cfg.groups
         if groups is not None and trained and cfg.groups_of not in (None, trained):
@@ -85,7 +87,8 @@ class Evaluator:
 
     def __call__(self, model, step: int | None = None) -> Results:
         predict = make_predict_fn(model, self.cfg.batch_size,
-                                  self.cfg.task_feature_lengths["targets"])
+                                  self.cfg.task_feature_lengths["targets"],
+                                  prefix=self.feature_converter == "prefix_lm")
         results: Results = {}
         for group, evaluator in self.evaluators.items():
             future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict)
@@ -105,7 +108,8 @@ class Evaluator:
         return rank_classification(model, vocabulary, task, split=self.cfg.split,
                                    num_examples=self.cfg.num_examples,
                                    batch_size=self.cfg.batch_size,
-                                   lengths=dict(self.cfg.task_feature_lengths))
+                                   lengths=dict(self.cfg.task_feature_lengths),
+                                   feature_converter=self.feature_converter)
 
 
 def follow_the_run(cfg: EvalConfig, trained: str | None) -> dict[str, str]:
@@ -167,9 +171,11 @@ def _scalar(value: Any) -> float:
     return getattr(value, "value", value)  # seqio may wrap values in metric objects
 
 
-def make_predict_fn(model, batch_size: int, max_decode_len: int
+def make_predict_fn(model, batch_size: int, max_decode_len: int, *, prefix: bool = False
                     ) -> Callable[[Any], list[tuple[int, list[int]]]]:
-    """A seqio predict_fn: greedy decoding in fixed-size batches (one compilation)."""
+    """A seqio predict_fn: greedy decoding in fixed-size batches (one compilation). The
+    EncDecFeatureConverter's `encoder_input_tokens` are the prompt of either model kind
+    (`prefix`: a prefix LM's, seen bidirectionally)."""
     def predict(ds) -> list[tuple[int, list[int]]]:
         out: list[tuple[int, list[int]]] = []
         for indices, features in ds.batch(batch_size).as_numpy_iterator():
@@ -178,7 +184,7 @@ def make_predict_fn(model, batch_size: int, max_decode_len: int
             if n < batch_size:  # pad the last batch so shapes never change
                 tokens = np.concatenate(
                     [tokens, np.zeros((batch_size - n,) + tokens.shape[1:], np.int32)])
-            result = greedy_decode(model, tokens, max_decode_len=max_decode_len)
+            result = greedy_decode(model, tokens, max_decode_len=max_decode_len, prefix=prefix)
             # Full rows, pad after EOS: seqio stacks predictions into one array, and its
             # vocabulary's decode stops at EOS.
             decoded = np.asarray(result.tokens)[:n]

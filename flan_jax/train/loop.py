@@ -132,7 +132,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         finishing = start == total_steps and (need_eval or need_export)
         # (seqio reads every eval example now: a bad validation row fails here too)
         evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
-                                        data_cfg.module_imports)
+                                        data_cfg.module_imports, data_cfg.feature_converter)
                      if evaluate and (start < total_steps or finishing) else None)
     except BaseException:
         if reader is not None:

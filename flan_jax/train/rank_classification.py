@@ -22,13 +22,15 @@ from flan_jax.data import formats as F
 from flan_jax.data.flan import RenderedSource
 from flan_jax.data.sources import iter_source
 from flan_jax.model.losses import token_cross_entropy
+from flan_jax.train.step import forward
 
 OPTION_FORMATS = (F.ZS_OPT, F.FS_OPT)
 
 
 def rank_classification(model, vocabulary, task_name: str, *, split: str,
                         num_examples: int | None, batch_size: int,
-                        lengths: dict[str, int]) -> dict[str, float] | None:
+                        lengths: dict[str, int], feature_converter: str = "enc_dec"
+                        ) -> dict[str, float] | None:
     """{"rank_accuracy": %} for a registered Flan task in an options format, else None."""
     import seqio
 
@@ -49,7 +51,8 @@ def rank_classification(model, vocabulary, task_name: str, *, split: str,
     if not questions:
         return None
     pairs = [(inputs, choice) for inputs, choices, _ in questions for choice in choices]
-    scores = score(model, vocabulary, pairs, batch_size=batch_size, lengths=lengths)
+    scores = score(model, vocabulary, pairs, batch_size=batch_size, lengths=lengths,
+                   feature_converter=feature_converter)
     hits, start = 0, 0
     for _, choices, answer in questions:
         hits += int(np.argmax(scores[start:start + len(choices)]) == answer)
@@ -58,37 +61,35 @@ def rank_classification(model, vocabulary, task_name: str, *, split: str,
 
 
 def score(model, vocabulary, pairs: Sequence[tuple[str, str]], *, batch_size: int,
-          lengths: dict[str, int]) -> np.ndarray:
+          lengths: dict[str, int], feature_converter: str = "enc_dec") -> np.ndarray:
     """Summed target log-likelihood of each (inputs, targets) text pair, f32 [len(pairs)].
 
-    Texts are tokenized as the seqio Tasks do (EOS after trimming); batches are padded to a
+    Texts are tokenized as the seqio Tasks do (EOS after trimming) and laid out by the
+    training reader's own feature writer for `feature_converter` (so a decoder-only model
+    scores the option after [start, inputs] exactly as it trained); batches are padded to a
     fixed shape so the scorer compiles once.
     """
+    from flan_jax.data.reader.packing import pad, trim_eos
+
     graphdef, state = nnx.split(model)
     out = np.zeros(len(pairs), np.float32)
-    li, lt = lengths["inputs"], lengths["targets"]
+    li, lt, eos = lengths["inputs"], lengths["targets"], vocabulary.eos_id
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        enc = np.zeros((batch_size, li), np.int32)
-        tgt = np.zeros((batch_size, lt), np.int32)
-        for i, (inputs, targets) in enumerate(chunk):
-            _fill(enc[i], vocabulary.encode(inputs), vocabulary.eos_id)
-            _fill(tgt[i], vocabulary.encode(targets), vocabulary.eos_id)
-        ll = _log_likelihood(graphdef, state, jnp.asarray(enc), jnp.asarray(tgt))
+        examples = [(trim_eos(vocabulary.encode(i), li, eos), trim_eos(vocabulary.encode(t),
+                                                                      lt, eos))
+                    for i, t in chunk]
+        examples += [([eos], [eos])] * (batch_size - len(chunk))  # fixed shapes
+        features = pad(examples, li, lt, feature_converter)
+        ll = _log_likelihood(graphdef, state, {k: jnp.asarray(v) for k, v in features.items()})
         out[start:start + len(chunk)] = np.asarray(ll)[:len(chunk)]
     return out
 
 
-def _fill(row: np.ndarray, ids: Sequence[int], eos_id: int) -> None:
-    ids = list(ids)[:len(row) - 1] + [eos_id]
-    row[:len(ids)] = ids
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _log_likelihood(graphdef, state, enc: jax.Array, targets: jax.Array) -> jax.Array:
-    """enc [b, li], targets [b, lt] (0 = padding) -> f32 [b]."""
+def _log_likelihood(graphdef, state, batch: dict[str, jax.Array]) -> jax.Array:
+    """A padded batch of the converter's features -> f32 [b]: the trainer's loss, per token,
+    summed over the target tokens (loss weights)."""
     model = nnx.merge(graphdef, state)
-    dec_in = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-    logits = model(enc, dec_in)  # f32 [b, lt, vocab]
-    lp = -token_cross_entropy(logits, targets)  # the trainer's loss, per token
-    return jnp.sum(jnp.where(targets != 0, lp, 0.0), axis=-1)
+    lp = -token_cross_entropy(forward(model, batch), batch["decoder_target_tokens"])
+    return jnp.sum(lp * batch["decoder_loss_weights"], axis=-1)

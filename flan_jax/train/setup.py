@@ -16,6 +16,7 @@ import gin
 import optax
 
 from flan_jax import parallel
+from flan_jax.errors import ConfigError
 from flan_jax.model import gin_config  # (registers T5Config with gin)
 from flan_jax.model.config import T5Config
 from flan_jax.model.params import abstract_model, param_axes, params_of
@@ -60,6 +61,7 @@ def setup_run(init_from: str | None = None, *, import_modules: bool = True) -> R
     mesh, rules = parallel.MeshConfig(), parallel.logical_axis_rules()
     schedule = learning_rate_schedule()
     cfg = model_config(init_from)
+    _check_features(cfg, data)
     abstract = abstract_model(cfg)
     axes = param_axes(abstract)
     optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
@@ -78,6 +80,19 @@ def model_config(init_from: str | None) -> T5Config:
     cfg = load_config(init_from, **gin_config.run_settings())
     gin_config.check_architecture(cfg, init_from)
     return cfg
+
+
+FEATURES_OF = {"encoder_decoder": ("enc_dec",), "decoder_only": ("decoder", "prefix_lm")}
+
+
+def _check_features(cfg: T5Config, data: data_lib.DataConfig) -> None:
+    """The model reads the features the reader makes: both settings named if not."""
+    if data.feature_converter not in FEATURES_OF[cfg.architecture]:
+        raise ConfigError(
+            f"T5Config.architecture={cfg.architecture!r} reads the features of "
+            f"DataConfig.feature_converter in {FEATURES_OF[cfg.architecture]}, not "
+            f"{data.feature_converter!r}; set one to match the other (gin/arch/decoder_only.gin"
+            " and arch/prefix_lm.gin pair them)")
 
 
 def bound(name: str, default: Any) -> Any:

@@ -60,15 +60,27 @@ class LossConfig:
             raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} not in [0, 1)")
 
 
+def forward(model, batch: Batch, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits of a batch of the feature converter's features: an encoder-decoder's
+    (EncDecFeatureConverter) or a decoder-only model's (decoder / prefix-LM converters,
+    `decoder_causal_attention` marking the prefix)."""
+    if "encoder_input_tokens" not in batch:
+        return model(batch["decoder_input_tokens"],
+                     decoder_segment_ids=batch.get("decoder_segment_ids"),
+                     decoder_positions=batch.get("decoder_positions"),
+                     decoder_causal_attention=batch.get("decoder_causal_attention"), rngs=rngs)
+    return model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                 encoder_segment_ids=batch.get("encoder_segment_ids"),
+                 decoder_segment_ids=batch.get("decoder_segment_ids"),
+                 encoder_positions=batch.get("encoder_positions"),
+                 decoder_positions=batch.get("decoder_positions"), rngs=rngs)
+
+
 def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,
           dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
-    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                   encoder_segment_ids=batch.get("encoder_segment_ids"),
-                   decoder_segment_ids=batch.get("decoder_segment_ids"),
-                   encoder_positions=batch.get("encoder_positions"),
-                   decoder_positions=batch.get("decoder_positions"), rngs=rngs)
+    logits = forward(model, batch, rngs)
     targets = batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     loss, z = token_losses(logits, targets, z_loss=cfg.z_loss,

@@ -27,3 +27,20 @@ def test_forward_flops_match_xla_cost_analysis(preset):
     # XLA also counts elementwise work (softmax, norms, GELU), so it is a little higher.
     assert 0.8 * xla <= ours <= xla, (ours, xla)
     assert train_flops(cfg, b, le, ld) == 3 * ours
+
+
+def test_decoder_only_forward_flops_match_xla_cost_analysis():
+    """One sequence of inputs + targets tokens through num_decoder_layers layers."""
+    cfg = get_config("tiny", architecture="decoder_only", num_decoder_layers=3)
+    graphdef, state = nnx.split(create_model(cfg))
+    b, le, ld = 2, 48, 16
+
+    def fwd(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    x = jnp.ones((b, le + ld), jnp.int32)
+    cost = jax.jit(fwd).lower(state, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla = float(cost["flops"])
+    ours = forward_flops(cfg, b, le, ld)
+    assert 0.8 * xla <= ours <= xla, (ours, xla)

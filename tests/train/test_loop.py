@@ -237,3 +237,32 @@ def test_a_run_killed_at_its_end_is_finished_by_the_rerun(straight_run, tmp_path
         assert got[step] == pytest.approx(want[step], rel=1e-6), step
     assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["2", "4"]
     assert not [p for p in d.rglob("*") if "tmp" in p.name]
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm"])
+def test_a_decoder_only_model_trains_and_evaluates_on_the_default_mixture(tmp_path, arch):
+    """arch/*.gin on the run file: the reader makes that model's features, the step reads
+    them, and the final eval prompts the model with the inputs (rank classification too)."""
+    d = tmp_path / "run"
+    proc = _cli(*_train_args(d, 3, 3, [f"--gin_file=arch/{arch}.gin", *EVAL_AT_END,
+                                        "--gin.EvalConfig.groups={'held_in': "
+                                        "'flan_jax_default_held_in'}"]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = json.loads((d / "model" / "config.json").read_text())
+    assert built["architecture"] == "decoder_only"
+    assert f"DataConfig.feature_converter = '{arch.replace('_only', '')}'" in (
+        d / "config.gin").read_text()
+    results = json.loads((d / "eval" / "step_3.json").read_text())
+    metrics = [m for tasks in results.values() for m in tasks.values()]
+    assert metrics and all("accuracy" in m for m in metrics)
+    assert any("rank_accuracy" in m for m in metrics)
+    assert sorted(_losses(d)) == [1, 2, 3]
+
+
+def test_a_model_and_reader_that_disagree_are_refused_naming_both(tmp_path):
+    proc = _cli(*_train_args(tmp_path / "run", 2, 2,
+                             ["--gin.DataConfig.feature_converter='prefix_lm'"]))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("T5Config.architecture='encoder_decoder' reads the features of "
+            "DataConfig.feature_converter in ('enc_dec',), not 'prefix_lm'") in proc.stderr
+    assert not (tmp_path / "run").exists()
