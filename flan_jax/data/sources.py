@@ -107,7 +107,10 @@ def user_errors_from_tf() -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        if type(e).__module__.startswith("tensorflow") and _RAISED:
+        # Only TF's wrapper of that very error (its text holds ours): a remembered error
+        # from an earlier pipeline never stands in for an unrelated TF failure.
+        if (type(e).__module__.startswith("tensorflow") and _RAISED
+                and str(_RAISED[-1]) in str(e)):
             raise _RAISED.pop() from None
         raise
 

@@ -122,7 +122,8 @@ def load_sharded(path: str | os.PathLike[str], cfg: T5Config, shardings: Params)
     for name, shape, read in checkpoint.tensors(cfg):
         blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
 
-        def block(index: tuple[slice, ...], read=read, blocks=blocks) -> np.ndarray:
+        def block(index: tuple[slice, ...], read=read, blocks=blocks,
+                  shape=shape) -> np.ndarray:
             key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
             if key not in blocks:  # devices holding the same block (replicas) share a read
                 blocks[key] = read(index)

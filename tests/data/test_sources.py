@@ -97,3 +97,25 @@ def test_seqio_source_surfaces_the_bad_line(tmp_path):
     # tf.data wraps the error, but its text keeps file:line and the reason.
     with pytest.raises(Exception, match=r"train\.jsonl:2: field 'question' should be str"):
         list(ds.as_numpy_iterator())
+
+
+def test_a_remembered_row_error_never_stands_in_for_an_unrelated_tf_error():
+    """user_errors_from_tf re-raises our error only out of TF's wrapper of it."""
+    import tensorflow as tf
+
+    from flan_jax.data import sources
+
+    def bad():
+        raise SourceError("rows.jsonl:3: field 'x' is missing")
+        yield  # (a generator)
+
+    ds = sources.from_generator(bad, tf.TensorSpec((), tf.int32))
+    with pytest.raises(SourceError, match="rows.jsonl:3"):
+        with sources.user_errors_from_tf():
+            next(iter(ds))
+    ds = sources.from_generator(bad, tf.TensorSpec((), tf.int32))
+    with pytest.raises(Exception):  # remembered again, then an unrelated TF error
+        next(iter(ds))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unrelated"):
+        with sources.user_errors_from_tf():
+            tf.debugging.assert_equal(1, 2, message="unrelated")
