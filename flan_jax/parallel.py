@@ -45,6 +45,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("joined_kv", "model"),
     ("relpos_buckets", None),
     ("layers", None),
+    ("connector_tokens", None),
 )
 
 logger = logging.getLogger(__name__)

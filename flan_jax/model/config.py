@@ -12,9 +12,11 @@ from typing import Any, Literal
 import jax.numpy as jnp
 
 FeedForward = Literal["relu", "gated-gelu"]
-Architecture = Literal["encoder_decoder", "decoder_only"]
+Architecture = Literal["encoder_decoder", "decoder_only", "semi_causal"]
+Connector = Literal["linear", "pooled"]
 
-ARCHITECTURES = ("encoder_decoder", "decoder_only")
+ARCHITECTURES = ("encoder_decoder", "decoder_only", "semi_causal")
+CONNECTORS = ("linear", "pooled")
 
 VARIANTS = ("t5_1_0", "t5_1_1", "flan_t5")
 # What a run decides (nothing here changes a parameter's shape or meaning); every other field
@@ -30,9 +32,13 @@ class T5Config:
 
     `architecture` picks the model `params.create_model` builds: "encoder_decoder" (`t5.T5`)
     or "decoder_only" (`decoder_only.DecoderOnly`: one self-attention stack of
-    `num_decoder_layers` layers; `num_encoder_layers` is unused there). Causal, prefix-LM and
-    semi-causal masks are all this one decoder-only architecture: the mask comes with the
-    batch (`decoder_causal_attention`), not from the config.
+    `num_decoder_layers` layers; `num_encoder_layers` is unused there). Causal and prefix-LM
+    masks are both this one decoder-only architecture: the mask comes with the batch
+    (`decoder_causal_attention`), not from the config. "semi_causal"
+    (`semi_causal.SemiCausal`, METALM) adds a bidirectional encoder of `num_encoder_layers`
+    layers whose outputs, through a `connector` ("linear": a projection per token; "pooled":
+    `connector_tokens` learned queries pooling each span), stand in for the encoded spans'
+    embeddings in that causal decoder.
 
     `tie_embeddings` computes the output logits with the shared input embedding (T5 1.0);
     `scale_decoder_outputs` multiplies the final decoder states by d_model**-0.5 before the
@@ -60,6 +66,8 @@ class T5Config:
     # Rematerialization of each layer in the backward pass: "none" keeps every activation,
     # "full" recomputes the layer, "dots" keeps matmul outputs and recomputes the rest.
     remat: str = "none"
+    connector: Connector = "linear"
+    connector_tokens: int = 4
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
@@ -69,13 +77,15 @@ class T5Config:
             raise ValueError(
                 f"T5Config.architecture={self.architecture!r}: choose one of {ARCHITECTURES}"
             )
+        if self.connector not in CONNECTORS:
+            raise ValueError(f"T5Config.connector={self.connector!r}: choose one of {CONNECTORS}")
         if self.feed_forward not in ("relu", "gated-gelu"):
             raise ValueError(
                 f"T5Config.feed_forward={self.feed_forward!r}: expected 'relu' (T5 1.0) or "
                 "'gated-gelu' (T5 1.1 / Flan-T5)"
             )
         for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff",
-                     "num_encoder_layers", "num_decoder_layers",
+                     "num_encoder_layers", "num_decoder_layers", "connector_tokens",
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5Config.{name}={getattr(self, name)} must be positive")

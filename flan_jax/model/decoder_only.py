@@ -38,10 +38,13 @@ class DecoderOnly(nnx.Module):
     separate `logits_dense`, in f32.
     """
 
+    ARCHITECTURE = "decoder_only"  # the T5Config.architecture this class builds
+
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        if cfg.architecture != "decoder_only":
-            raise ValueError(f"DecoderOnly needs T5Config.architecture='decoder_only', not "
-                             f"{cfg.architecture!r} (params.create_model picks the class)")
+        if cfg.architecture != self.ARCHITECTURE:
+            raise ValueError(f"{type(self).__name__} needs T5Config.architecture="
+                             f"{self.ARCHITECTURE!r}, not {cfg.architecture!r} "
+                             "(params.create_model picks the class)")
         self.cfg = cfg
         self.token_embedder = Embed(cfg, rngs=rngs)
         self.relpos = RelativePositionBias(cfg, bidirectional=False, rngs=rngs)
@@ -67,19 +70,31 @@ class DecoderOnly(nnx.Module):
         padding can't be told from tokens; trailing padding is causally after every real
         token, so it changes none of their logits). Positions default to 0..l-1.
         """
-        cfg = self.cfg
         if decoder_segment_ids is None:
             decoder_segment_ids = jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
         if decoder_positions is None:
             decoder_positions = default_positions(decoder_input_tokens)
         prefix = None if decoder_causal_attention is None else decoder_causal_attention > 0
+        return self.run_stack(self.token_embedder(decoder_input_tokens), decoder_segment_ids,
+                              decoder_positions, prefix=prefix, rngs=rngs)
+
+    def run_stack(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
+                  prefix: jax.Array | None = None, kv_segment_ids: jax.Array | None = None,
+                  rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Embedded inputs x [b, l, embed] through the layers -> f32 logits [b, l, vocab].
+
+        `kv_segment_ids` (default `segment_ids`): the keys' segment ids, where a subclass
+        hides some positions from every query (0) while still computing their own queries.
+        """
+        cfg = self.cfg
         inputs = prepare_attention(
-            q_segment_ids=decoder_segment_ids, kv_segment_ids=decoder_segment_ids,
-            q_positions=decoder_positions, kv_positions=decoder_positions, causal=True,
+            q_segment_ids=segment_ids,
+            kv_segment_ids=segment_ids if kv_segment_ids is None else kv_segment_ids,
+            q_positions=positions, kv_positions=positions, causal=True,
             relpos=self.relpos, q_prefix=prefix, kv_prefix=prefix,
             backend=resolve_backend(cfg.attention_backend, prefix_mask=prefix is not None,
                                     attention_dropout=rngs is not None and cfg.dropout_rate > 0))
-        x = dropout(self.token_embedder(decoder_input_tokens), cfg.dropout_rate, rngs)
+        x = dropout(x, cfg.dropout_rate, rngs)
         run = remat(lambda layer, x, rngs: layer(x, inputs, rngs), cfg.remat)
         for layer in self.layers:
             x = run(layer, x, rngs)
@@ -128,17 +143,24 @@ class DecoderOnly(nnx.Module):
                                 prefix=False)
         return self.logits(x)[:, 0], cache
 
-    def _extend(self, cache: Cache, tokens: jax.Array, live: jax.Array,
-                prefix: bool) -> tuple[jax.Array, Cache]:
+    def _extend(self, cache: Cache, tokens: jax.Array, live: jax.Array, prefix: bool, *,
+                embeddings: jax.Array | None = None,
+                key_live: jax.Array | None = None) -> tuple[jax.Array, Cache]:
         """Writes n tokens [b, n] (live: bool [b, n]) into slots index..index+n and runs them
         against the cache -> (final states [b, n, embed], cache). Always xla: decoding queries
-        are few, and the cache's empty slots are masked by segment id 0."""
+        are few, and the cache's empty slots are masked by segment id 0.
+
+        `embeddings` [b, n, embed] stand in for the tokens' embeddings; `key_live` (default
+        `live`) marks which of the live slots later queries may see (a subclass's hidden
+        positions still take a position and compute their own query).
+        """
         index = cache["index"]
         n = tokens.shape[1]
         segment_ids = live.astype(jnp.int32)  # [b, n]
+        key_segment_ids = segment_ids if key_live is None else (live & key_live).astype(jnp.int32)
         positions = cache["next_position"][:, None] + jnp.arange(n, dtype=jnp.int32)
-        kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids,
-                                                             index, axis=1)
+        kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"],
+                                                             key_segment_ids, index, axis=1)
         kv_positions = jax.lax.dynamic_update_slice_in_dim(cache["positions"], positions,
                                                            index, axis=1)
         q_prefix = kv_prefix = None
@@ -150,7 +172,7 @@ class DecoderOnly(nnx.Module):
             q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=positions,
             kv_positions=kv_positions, causal=True, relpos=self.relpos, backend="xla",
             q_prefix=q_prefix, kv_prefix=kv_prefix)
-        x = self.token_embedder(tokens)
+        x = self.token_embedder(tokens) if embeddings is None else embeddings
         new_layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"]):
             x, layer_cache = _cached_layer(layer, x, layer_cache, index, inputs)

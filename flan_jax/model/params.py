@@ -1,4 +1,4 @@
-"""Building a model from its config (`T5` or `DecoderOnly`), and moving between it and a
+"""Building a model from its config (`T5`, `DecoderOnly` or `SemiCausal`), and moving between it and a
 plain nested dict of parameter arrays.
 
 The dict form (what `nnx.to_pure_dict` gives) is what converters, checkpoints and the
@@ -16,11 +16,13 @@ from flax import nnx
 from flan_jax.model.config import T5Config
 from flan_jax.model.decoder_only import DecoderOnly
 from flan_jax.model.layers import shapes_only
+from flan_jax.model.semi_causal import SemiCausal
 from flan_jax.model.t5 import T5
 
 Params = dict[str, Any]
-Model = T5 | DecoderOnly
-MODEL_CLASSES: dict[str, type[Model]] = {"encoder_decoder": T5, "decoder_only": DecoderOnly}
+Model = T5 | DecoderOnly  # SemiCausal is a DecoderOnly
+MODEL_CLASSES: dict[str, type[Model]] = {"encoder_decoder": T5, "decoder_only": DecoderOnly,
+                                         "semi_causal": SemiCausal}
 
 
 def create_model(cfg: T5Config, seed: int = 0) -> Model:

@@ -136,11 +136,14 @@ def batches(cfg: DataConfig, *, start: int = 0, process_index: int = 0,
             dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs,
             feature_converter=getattr(seqio, conv.seqio_class)(pack=cfg.pack), seed=cfg.seed,
             use_cached=False, shard_info=seqio.ShardInfo(index, shards))
+        if conv.encoded_span:
+            ds = ds.map(_encoded_span_from_prefix_lm)
         missing = set(names) - set(ds.element_spec)
         if missing:
             raise ReaderError(f"seqio's {conv.seqio_class} gave no {sorted(missing)} for "
                               f"DataConfig.feature_converter={cfg.feature_converter!r}")
-        # Only the converter's features ("decoder" drops seqio's decoder_causal_attention).
+        # Only the converter's features ("decoder" and "semi_causal" drop seqio's
+        # decoder_causal_attention).
         ds = ds.map(lambda ex: {n: ex[n] for n in names})
         return ds.batch(rows, drop_remainder=True)
 
@@ -271,3 +274,17 @@ def check_position(saved: Mapping[str, Any], cfg: DataConfig, process_count: int
                 f"the checkpoint's data pipeline used {key}={saved[key]!r}, this run "
                 f"DataConfig has {now!r}: resuming would not continue the same data stream")
     return int(saved.get("batches", 0))
+
+
+def _encoded_span_from_prefix_lm(ex: dict) -> dict:
+    """seqio's prefix-LM example + `decoder_encoded_span`: its decoder_causal_attention less
+    each segment's first position (the BOS), i.e. where decoder_input_tokens holds the inputs
+    (what reader.packing writes for "semi_causal")."""
+    import tensorflow as tf
+
+    dca = ex["decoder_causal_attention"]
+    if "decoder_positions" in ex:
+        start = tf.equal(ex["decoder_positions"], 0)
+    else:
+        start = tf.equal(tf.range(tf.shape(dca)[0]), 0)
+    return {**ex, "decoder_encoded_span": dca * tf.cast(~start, dca.dtype)}

@@ -82,7 +82,8 @@ def model_config(init_from: str | None) -> T5Config:
     return cfg
 
 
-FEATURES_OF = {"encoder_decoder": ("enc_dec",), "decoder_only": ("decoder", "prefix_lm")}
+FEATURES_OF = {"encoder_decoder": ("enc_dec",), "decoder_only": ("decoder", "prefix_lm"),
+               "semi_causal": ("semi_causal",)}
 
 
 def _check_features(cfg: T5Config, data: data_lib.DataConfig) -> None:
@@ -92,7 +93,7 @@ def _check_features(cfg: T5Config, data: data_lib.DataConfig) -> None:
             f"T5Config.architecture={cfg.architecture!r} reads the features of "
             f"DataConfig.feature_converter in {FEATURES_OF[cfg.architecture]}, not "
             f"{data.feature_converter!r}; set one to match the other (gin/arch/decoder_only.gin"
-            " and arch/prefix_lm.gin pair them)")
+            ", arch/prefix_lm.gin and arch/semi_causal.gin pair them)")
 
 
 def bound(name: str, default: Any) -> Any:

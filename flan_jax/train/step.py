@@ -63,17 +63,20 @@ class LossConfig:
 def forward(model, batch: Batch, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Logits of a batch of the feature converter's features: an encoder-decoder's
     (EncDecFeatureConverter) or a decoder-only model's (decoder / prefix-LM converters,
-    `decoder_causal_attention` marking the prefix)."""
+    `decoder_causal_attention` marking the prefix; a semi-causal model's
+    `decoder_encoded_span`). Optional features a batch lacks take the model's defaults."""
     if "encoder_input_tokens" not in batch:
-        return model(batch["decoder_input_tokens"],
-                     decoder_segment_ids=batch.get("decoder_segment_ids"),
-                     decoder_positions=batch.get("decoder_positions"),
-                     decoder_causal_attention=batch.get("decoder_causal_attention"), rngs=rngs)
+        return model(batch["decoder_input_tokens"], rngs=rngs,
+                     **{k: batch[k] for k in _DECODER_ONLY_OPTIONAL if k in batch})
     return model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                  encoder_segment_ids=batch.get("encoder_segment_ids"),
                  decoder_segment_ids=batch.get("decoder_segment_ids"),
                  encoder_positions=batch.get("encoder_positions"),
                  decoder_positions=batch.get("decoder_positions"), rngs=rngs)
+
+
+_DECODER_ONLY_OPTIONAL = ("decoder_segment_ids", "decoder_positions",
+                          "decoder_causal_attention", "decoder_encoded_span")
 
 
 def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,

@@ -12,7 +12,7 @@ from flan_jax.errors import ReaderError
 from flan_jax.train.data import DataConfig, make_reader, position, reader_position
 
 LENGTHS = {"inputs": 96, "targets": 32}
-DECODER_ONLY = ("decoder", "prefix_lm")
+DECODER_ONLY = ("decoder", "prefix_lm", "semi_causal")
 TASK = "synth_weekday:zs_opt"
 
 
@@ -40,7 +40,21 @@ def seqio_convert(name, pack_, examples, lengths):
         output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")})
     conv = getattr(seqio, CONVERTERS[name].seqio_class)(pack=pack_)
     rows = list(conv(ds, lengths).as_numpy_iterator())
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return with_encoded_span(name, {k: np.stack([r[k] for r in rows]) for k in rows[0]})
+
+
+def with_encoded_span(name, features):
+    """For "semi_causal" (no seqio converter of its own): seqio's prefix-LM features plus the
+    span the encoder reads, the inputs in decoder_input_tokens: decoder_causal_attention less
+    each segment's first position (the BOS)."""
+    if name != "semi_causal":
+        return features
+    span = features["decoder_causal_attention"].copy()
+    if "decoder_positions" in features:
+        span[features["decoder_positions"] == 0] = 0
+    else:
+        span[:, 0] = 0
+    return {**features, "decoder_encoded_span": span}
 
 
 def by_tokens(unpacked):
@@ -113,7 +127,7 @@ def test_every_feature_is_exactly_seqios(name, packed):
     conv = CONVERTERS[name]
     assert tuple(mine) == conv.features(packed)
     # "decoder" is seqio's DecoderFeatureConverter less the prefix-LM attention mask.
-    dropped = {"decoder_causal_attention"} if name == "decoder" else set()
+    dropped = {"decoder_causal_attention"} if name in ("decoder", "semi_causal") else set()
     assert set(theirs) - set(mine) == dropped and set(mine) <= set(theirs)
     for k in mine:
         assert mine[k].dtype == np.int32 and mine[k].tolist() == theirs[k].tolist(), k
@@ -126,6 +140,8 @@ def test_feature_lengths_are_seqios(name, packed):
     conv = CONVERTERS[name]
     seqio_conv = getattr(seqio, conv.seqio_class)(pack=packed)
     theirs = dict(seqio_conv.get_model_feature_lengths(LENGTHS))
+    if name == "semi_causal":  # (the span has the prefix-LM mask's length)
+        theirs["decoder_encoded_span"] = theirs["decoder_causal_attention"]
     theirs = {k: v for k, v in theirs.items() if k in conv.features(packed)}
     assert conv.lengths(96, 32, packed) == theirs
     assert cfg(feature_converter=name, pack=packed).model_feature_lengths() == theirs
@@ -148,6 +164,8 @@ def test_first_fit_packing_keeps_each_example_as_seqio_converts_it(name):
     assert packed["decoder_loss_weights"].sum() == sum(len(t) for _, t in examples)
     if name == "prefix_lm":
         assert packed["decoder_causal_attention"].sum() == sum(len(i) + 1 for i, _ in examples)
+    if name == "semi_causal":
+        assert packed["decoder_encoded_span"].sum() == sum(len(i) for i, _ in examples)
 
 
 def test_first_fit_goes_back_to_the_first_row_with_room():
@@ -166,7 +184,8 @@ def _seqio_rows(name, n, pack_=False):
                                pack=pack_))
     rows = list(ds.take(n).as_numpy_iterator())
     names = CONVERTERS[name].features(pack_)
-    return {k: np.stack([r[k] for r in rows]) for k in names}
+    every = with_encoded_span(name, {k: np.stack([r[k] for r in rows]) for k in rows[0]})
+    return {k: every[k] for k in names}
 
 
 @pytest.mark.parametrize("name", DECODER_ONLY)
@@ -229,7 +248,7 @@ def test_a_resume_with_another_feature_converter_is_refused_naming_it():
 
 
 def test_an_unknown_feature_converter_is_named_with_the_choices():
-    choices = r"\('enc_dec', 'decoder', 'prefix_lm'\)"
+    choices = r"\('enc_dec', 'decoder', 'prefix_lm', 'semi_causal'\)"
     with pytest.raises(ReaderError, match=rf"DataConfig.feature_converter='gpt': choose one "
                                           rf"of {choices}"):
         DataConfig(feature_converter="gpt")

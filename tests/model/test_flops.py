@@ -29,14 +29,21 @@ def test_forward_flops_match_xla_cost_analysis(preset):
     assert train_flops(cfg, b, le, ld) == 3 * ours
 
 
-def test_decoder_only_forward_flops_match_xla_cost_analysis():
-    """One sequence of inputs + targets tokens through num_decoder_layers layers."""
-    cfg = get_config("tiny", architecture="decoder_only", num_decoder_layers=3)
+@pytest.mark.parametrize("architecture,connector", [("decoder_only", "linear"),
+                                                    ("semi_causal", "linear"),
+                                                    ("semi_causal", "pooled")])
+def test_decoder_only_forward_flops_match_xla_cost_analysis(architecture, connector):
+    """One sequence of inputs + targets tokens through num_decoder_layers layers (and, for
+    the semi-causal model, the encoder's layers and the connector over it)."""
+    cfg = get_config("tiny", architecture=architecture, num_decoder_layers=3,
+                     num_encoder_layers=2, connector=connector)
     graphdef, state = nnx.split(create_model(cfg))
     b, le, ld = 2, 48, 16
 
     def fwd(state, x):
-        return nnx.merge(graphdef, state)(x)
+        model = nnx.merge(graphdef, state)
+        return model(x) if architecture == "decoder_only" else model(
+            x, decoder_encoded_span=(x > 0).astype(jnp.int32))
 
     x = jnp.ones((b, le + ld), jnp.int32)
     cost = jax.jit(fwd).lower(state, x).compile().cost_analysis()

@@ -239,7 +239,12 @@ def test_a_run_killed_at_its_end_is_finished_by_the_rerun(straight_run, tmp_path
     assert not [p for p in d.rglob("*") if "tmp" in p.name]
 
 
-@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm"])
+ARCH_FEATURES = {"decoder_only": ("decoder_only", "decoder"),
+                 "prefix_lm": ("decoder_only", "prefix_lm"),
+                 "semi_causal": ("semi_causal", "semi_causal")}
+
+
+@pytest.mark.parametrize("arch", list(ARCH_FEATURES))
 def test_a_decoder_only_model_trains_and_evaluates_on_the_default_mixture(tmp_path, arch):
     """arch/*.gin on the run file: the reader makes that model's features, the step reads
     them, and the final eval prompts the model with the inputs (rank classification too)."""
@@ -249,9 +254,9 @@ def test_a_decoder_only_model_trains_and_evaluates_on_the_default_mixture(tmp_pa
                                         "'flan_jax_default_held_in'}"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     built = json.loads((d / "model" / "config.json").read_text())
-    assert built["architecture"] == "decoder_only"
-    assert f"DataConfig.feature_converter = '{arch.replace('_only', '')}'" in (
-        d / "config.gin").read_text()
+    architecture, features = ARCH_FEATURES[arch]
+    assert built["architecture"] == architecture
+    assert f"DataConfig.feature_converter = '{features}'" in (d / "config.gin").read_text()
     results = json.loads((d / "eval" / "step_3.json").read_text())
     metrics = [m for tasks in results.values() for m in tasks.values()]
     assert metrics and all("accuracy" in m for m in metrics)

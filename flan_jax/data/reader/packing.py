@@ -4,7 +4,10 @@
 inputs to the encoder, targets to the decoder), "decoder" and "prefix_lm" (seqio's
 `DecoderFeatureConverter` / `PrefixLMFeatureConverter`: inputs + targets as one decoder
 sequence of inputs_length + targets_length, loss on the targets only; "prefix_lm" adds
-`decoder_causal_attention`, 1 on the inputs and one position more, as seqio marks it).
+`decoder_causal_attention`, 1 on the inputs and one position more, as seqio marks it);
+"semi_causal" (METALM's semi-causal model) is "prefix_lm" with `decoder_encoded_span` in
+place of `decoder_causal_attention`: 1 where `decoder_input_tokens` holds the inputs, the
+span the model's encoder reads (seqio's marks less the segment's first position, the BOS).
 `trim_eos` does what seqio's `append_eos_after_trim` does (keep length - 1 tokens, add EOS).
 `pack` places examples first-fit into rows (an example goes to the first row where all its
 parts still fit), in the order given, and writes segment ids (from 1) and positions (from 0
@@ -33,6 +36,7 @@ class Converter:
     seqio_class: str  # the seqio converter whose features (pack or not) these are
     concatenated: bool  # inputs and targets form one decoder sequence (decoder-only models)
     causal_attention: bool  # writes `decoder_causal_attention` (the inputs region + 1)
+    encoded_span: bool = False  # writes `decoder_encoded_span` (the inputs in the input tokens)
 
     def features(self, pack: bool) -> tuple[str, ...]:
         """The feature names, in seqio's order of mention."""
@@ -45,6 +49,8 @@ class Converter:
         names.append("decoder_loss_weights")
         if self.causal_attention:
             names.append("decoder_causal_attention")
+        if self.encoded_span:
+            names.append("decoder_encoded_span")
         return tuple(names)
 
     def lengths(self, inputs_length: int, targets_length: int,
@@ -72,6 +78,10 @@ CONVERTERS = {c.name: c for c in (
     # whose decoder_causal_attention a fully causal model has no use for: "decoder" leaves it out.
     Converter("decoder", "DecoderFeatureConverter", concatenated=True, causal_attention=False),
     Converter("prefix_lm", "PrefixLMFeatureConverter", concatenated=True, causal_attention=True),
+    # seqio has no semi-causal converter: the seqio reader derives the span from the prefix-LM
+    # features (`encoded_span_from_prefix_lm`).
+    Converter("semi_causal", "PrefixLMFeatureConverter", concatenated=True,
+              causal_attention=False, encoded_span=True),
 )}
 
 
@@ -147,6 +157,8 @@ def _write(conv: Converter, examples: Sequence[Example], rows: Sequence[Sequence
             out["decoder_loss_weights"][r, at_dec + prefix:end] = np.asarray(seq[prefix:]) > 0
             if conv.causal_attention:  # seqio's off-by-one: the inputs and one position more
                 out["decoder_causal_attention"][r, at_dec:at_dec + prefix + 1] = 1
+            if conv.encoded_span:  # where decoder_input_tokens holds the inputs
+                out["decoder_encoded_span"][r, at_dec + 1:at_dec + prefix + 1] = 1
             at_dec = end
     return out
 
