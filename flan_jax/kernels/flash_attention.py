@@ -5,9 +5,11 @@ the bias is a per-head vector over clipped offsets `kv_pos - q_pos` in [-max_dis
 max_distance] (T5 buckets saturate there; flan_jax.model.attention builds the vector from the
 bucket table), gathered per tile; its gradient is scatter-added per tile. Masks follow the
 `xla` reference: same non-padding segment (0 = padding), key position <= query position when
-causal. Masked scores get -1e9 (so they never raise a row's running max) and weigh exactly 0,
-which also covers the keys that pad the last block (segment 0). Tiles masked everywhere
-(other segments of a packed row, the future when causal, padding) are skipped. Only the row
+causal, or, for a prefix LM (q_prefix / kv_prefix), both query and key in the prefix. Masked
+scores get -1e9 (so they never raise a row's running max) and weigh exactly 0, which also
+covers the keys that pad the last block (segment 0). Tiles masked everywhere (other segments
+of a packed row, the future when causal unless it holds prefix pairs, padding) are skipped:
+the skip tests each tile's own mask, so it is exact with or without a prefix. Only the row
 statistic logsumexp is kept for the backward. A query row with no key to attend to (padding)
 outputs 0 and passes no gradient, where the reference averages v over all keys: such rows
 have loss weight 0 and their outputs reach no live position.
@@ -32,6 +34,7 @@ from jax.experimental import pallas as pl
 from flan_jax.kernels.common import M_INIT as _M_INIT
 from flan_jax.kernels.common import MASK_VALUE
 from flan_jax.kernels.common import dot as _dot
+from flan_jax.kernels.common import pack_prefix, unpack_prefix
 
 MODES = ("interpret", "triton", "mosaic_tpu", "mosaic_tpu_interpret")
 
@@ -40,6 +43,7 @@ MODES = ("interpret", "triton", "mosaic_tpu", "mosaic_tpu_interpret")
 class _Config:
     causal: bool
     has_bias: bool
+    prefix: bool  # segment ids carry the prefix flag in bit 0 (`pack_prefix`)
     max_distance: int
     block_q: int
     block_k: int
@@ -51,11 +55,16 @@ class _Config:
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: jax.Array,
                     kv_segment_ids: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,
                     bias: jax.Array | None = None, causal: bool = False,
+                    q_prefix: jax.Array | None = None, kv_prefix: jax.Array | None = None,
                     max_distance: int = 128, block_q: int = 128, block_k: int = 128,
                     mode: str = "interpret") -> jax.Array:
     """q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d] in q's dtype (f32 accumulation).
 
-    Segment ids / positions are int [b, lq] / [b, lk]. `bias` is f32 [h, 2*max_distance+1]:
+    Segment ids / positions are int [b, lq] / [b, lk]. q_prefix / kv_prefix (bool or int
+    [b, lq] / [b, lk], nonzero = prefix; seqio's decoder_causal_attention) make a causal mask
+    a prefix-LM one, as `flan_jax.model.attention.attention_mask`: a prefix query also sees
+    the later prefix keys of its segment. Segment ids must then be below 2**30 (they share an
+    int32 with the flag). `bias` is f32 [h, 2*max_distance+1]:
     bias[:, r + max_distance] is added to every unmasked score whose clipped offset
     kv_pos - q_pos is r. Lengths that are not multiples of the blocks are padded here.
     The mosaic_tpu modes take the offset as key index - query index, which is the same
@@ -68,13 +77,20 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
     lk = k.shape[1]
     if k.shape != (b, lk, h, d) or v.shape != k.shape:
         raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} disagree")
+    if (q_prefix is None) != (kv_prefix is None):
+        raise ValueError("flash_attention: give both q_prefix and kv_prefix, or neither")
+    if q_prefix is not None and (q_prefix.shape != (b, lq) or kv_prefix.shape != (b, lk)):
+        raise ValueError(f"flash_attention: q_prefix {q_prefix.shape} / kv_prefix "
+                         f"{kv_prefix.shape}, expected {(b, lq)} / {(b, lk)}")
+    if not causal:  # the prefix only widens a causal mask (as in the xla reference)
+        q_prefix = kv_prefix = None
     if mode.startswith("mosaic_tpu"):
         from flan_jax.kernels.flash_attention_tpu import flash_attention_tpu
         return flash_attention_tpu(
             q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
             q_positions=q_positions, kv_positions=kv_positions, bias=bias, causal=causal,
-            max_distance=max_distance, block=min(block_q, block_k),
-            interpret=mode == "mosaic_tpu_interpret")
+            q_prefix=q_prefix, kv_prefix=kv_prefix, max_distance=max_distance,
+            block=min(block_q, block_k), interpret=mode == "mosaic_tpu_interpret")
     # Small inputs get small blocks (>= 16, a power of two: Triton's dot needs both).
     bq = min(block_q, max(16, pl.next_power_of_2(lq)))
     bk = min(block_k, max(16, pl.next_power_of_2(lk)))
@@ -91,12 +107,14 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
             raise ValueError(f"flash_attention: bias {bias.shape}, expected {(h, width)}")
         vec = jnp.pad(bias.astype(jnp.float32),
                       [(0, 0), (0, pl.next_power_of_2(width) - width)])
-    cfg = _Config(causal=causal, has_bias=bias is not None, max_distance=max_distance,
-                  block_q=bq, block_k=bk, mode=mode)
+    cfg = _Config(causal=causal, has_bias=bias is not None, prefix=q_prefix is not None,
+                  max_distance=max_distance, block_q=bq, block_k=bk, mode=mode)
     i32 = jnp.int32
+    q_seg, kv_seg = q_segment_ids.astype(i32), kv_segment_ids.astype(i32)
+    if cfg.prefix:
+        q_seg, kv_seg = pack_prefix(q_seg, q_prefix), pack_prefix(kv_seg, kv_prefix)
     out = _attention(cfg, pad(q, lq_pad), pad(k, lk_pad), pad(v, lk_pad), vec,
-                     pad(q_segment_ids.astype(i32), lq_pad),
-                     pad(kv_segment_ids.astype(i32), lk_pad),
+                     pad(q_seg, lq_pad), pad(kv_seg, lk_pad),
                      pad(q_positions.astype(i32), lq_pad), pad(kv_positions.astype(i32), lk_pad))
     return out[:, :lq]
 
@@ -134,16 +152,27 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _tile_mask(cfg, qseg, kseg, qpos, kpos):
-    """bool [bq, bk]: same non-padding segment, and key not in the future if causal."""
+    """bool [bq, bk]: same non-padding segment, and key not in the future if causal (unless
+    query and key are both in the prefix, with cfg.prefix)."""
+    if cfg.prefix:
+        (qseg, qpre), (kseg, kpre) = unpack_prefix(qseg), unpack_prefix(kseg)
     mask = (qseg[:, None] == kseg[None, :]) & (kseg[None, :] != 0)
     if cfg.causal:
-        mask = mask & (kpos[None, :] <= qpos[:, None])
+        visible = kpos[None, :] <= qpos[:, None]
+        if cfg.prefix:
+            visible = visible | (qpre[:, None] & kpre[None, :])
+        mask = mask & visible
     return mask
 
 
 def _if_any(mask, visit, carry):
     """visit(carry) unless the whole tile is masked: skips the other segments' blocks of
-    packed rows, future blocks when causal, and padding. Exact, as masked entries weigh 0."""
+    packed rows, future blocks when causal, and padding. Exact, as masked entries weigh 0.
+
+    The test reads the tile's full mask (computed for every tile anyway), so with a prefix a
+    future tile is visited exactly when it holds a live (prefix query, prefix key) pair of
+    one segment: no per-block bounds needed. A prefix costs that work itself, plus
+    unpacking the flags (a shift and an and per id) and one more and / or per mask entry."""
     return lax.cond(jnp.max(mask.astype(jnp.int32)) > 0, visit, lambda c: c, carry)
 
 

@@ -25,7 +25,9 @@ mode="mosaic_tpu" / "mosaic_tpu_interpret"), with a layout Mosaic can lower:
   unpacked rows do. Masks still use the given positions.
 
 Masked entries weigh exactly 0 and rows with no key to attend to output 0, as in the GPU
-kernel.
+kernel. A prefix LM's flags travel in bit 0 of the segment ids (`pack_prefix`), so the
+kernels take no extra inputs; a tile is skipped when its own mask (prefix pairs included) is
+empty, which is exact and costs a prefix nothing but the tiles it makes live.
 
 Verified in TPU interpret mode on CPU, and compiled by Mosaic for TPU v5e / v6e from CPU (a
 compile-only topology with libtpu installed; tests/kernels). Running on a real TPU and speed
@@ -48,13 +50,14 @@ from jax.experimental.pallas import tpu as pltpu
 from flan_jax.kernels.common import M_INIT as _M_INIT
 from flan_jax.kernels.common import MASK_VALUE
 from flan_jax.kernels.common import dot as _dot
-
+from flan_jax.kernels.common import pack_prefix, unpack_prefix
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
     causal: bool
     has_bias: bool
+    prefix: bool  # segment ids carry the prefix flag in bit 0 (`pack_prefix`)
     block: int
     nq: int
     nk: int
@@ -62,7 +65,8 @@ class _Config:
 
 
 def flash_attention_tpu(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
-                        bias, causal, max_distance, block, interpret):
+                        bias, causal, max_distance, block, interpret, q_prefix=None,
+                        kv_prefix=None):
     b, lq, h, d = q.shape
     lk = k.shape[1]
     if block % 8:
@@ -89,12 +93,15 @@ def flash_attention_tpu(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, 
         t = np.arange(2 * block)[None, :]
         idx = np.clip((g - nq) * block + t + 1, -m, m) + m
         table = bias.astype(jnp.float32)[:, idx]
-    cfg = _Config(causal=causal, has_bias=bias is not None, block=block, nq=nq,
-                  nk=nk, interpret=interpret)
+    prefix = causal and q_prefix is not None  # the prefix only widens a causal mask
+    cfg = _Config(causal=causal, has_bias=bias is not None, prefix=prefix, block=block,
+                  nq=nq, nk=nk, interpret=interpret)
+    q_seg, kv_seg = q_segment_ids.astype(i32), kv_segment_ids.astype(i32)
+    if prefix:
+        q_seg, kv_seg = pack_prefix(q_seg, q_prefix), pack_prefix(kv_seg, kv_prefix)
     out = _attention(cfg, heads_first(q, lq_pad), heads_first(k, lk_pad),
                      heads_first(v, lk_pad), table,
-                     pad(q_segment_ids.astype(i32), lq_pad)[:, :, None],
-                     pad(kv_segment_ids.astype(i32), lk_pad)[:, None, :],
+                     pad(q_seg, lq_pad)[:, :, None], pad(kv_seg, lk_pad)[:, None, :],
                      pad(q_positions.astype(i32), lq_pad)[:, :, None],
                      pad(kv_positions.astype(i32), lk_pad)[:, None, :])
     return out.transpose(0, 2, 1, 3)[:, :lq]
@@ -128,10 +135,16 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _tile_mask(cfg, qseg, kseg, qpos, kpos):
-    """bool [B, B] from [B, 1] query-side and [1, B] key-side ids / positions."""
+    """bool [B, B] from [B, 1] query-side and [1, B] key-side ids / positions; a causal
+    mask also lets prefix queries see prefix keys with cfg.prefix."""
+    if cfg.prefix:  # unpacked on the [B, 1] / [1, B] sides, before broadcasting
+        (qseg, qpre), (kseg, kpre) = unpack_prefix(qseg), unpack_prefix(kseg)
     mask = (qseg == kseg) & (kseg != 0)
     if cfg.causal:
-        mask = mask & (kpos <= qpos)
+        visible = kpos <= qpos
+        if cfg.prefix:
+            visible = visible | (qpre & kpre)
+        mask = mask & visible
     return mask
 
 
@@ -176,7 +189,9 @@ def _window_grad(cfg, ds_bias, passes):
 
 
 def _when_any(mask):
-    """Run the decorated tile update only when the tile has a live (query, key) pair."""
+    """Run the decorated tile update only when the tile has a live (query, key) pair: exact
+    for prefix LMs too, as the mask includes the prefix pairs (a future tile runs only when it
+    holds one)."""
     return pl.when(jnp.max(mask.astype(jnp.int32)) > 0)
 
 

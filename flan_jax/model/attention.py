@@ -2,8 +2,8 @@
 
 Masks come from segment ids (0 = padding, packed examples have distinct ids) and positions
 (causal = key position <= query position, within a segment), plus a prefix LM's prefix flags
-(xla only), so packed rows and incremental decoding use the same code. T5 never scales scores
-by 1/sqrt(head_dim): that factor lives in the query initialisation.
+(on every backend), so packed rows and incremental decoding use the same code. T5 never
+scales scores by 1/sqrt(head_dim): that factor lives in the query initialisation.
 
 Backends: `xla` (the reference: a dense [b, h, lq, lk] bias, always available), `pallas`
 (flan_jax.kernels flash attention: Pallas' Triton lowering on GPU, its Mosaic variant on TPU,
@@ -47,24 +47,16 @@ def resolve_backend(backend: str, *, attention_dropout: bool = False,
 
     `attention_dropout`: dropout on the attention probabilities is on (training with
     dropout_rate > 0), which only xla implements, so 'auto' picks xla then (and says so once).
-    `prefix_mask`: a prefix-LM mask (`attention_mask`'s q_prefix / kv_prefix), which only xla
-    implements: 'auto' picks xla (said once), a kernel backend named outright is refused.
+    `prefix_mask`: a prefix-LM mask (`attention_mask`'s q_prefix / kv_prefix) is used. Every
+    backend implements it, so it changes nothing: accepted so that callers keep working.
     """
+    del prefix_mask  # the kernels take q_prefix / kv_prefix too
     if backend not in BACKENDS:
         raise ValueError(
             f"attention_backend={backend!r} is not available; choose one of {BACKENDS}"
         )
-    if prefix_mask and backend in KERNEL_BACKENDS:
-        raise ValueError(
-            f"attention_backend={backend!r} has no prefix-LM mask (decoder_causal_attention); "
-            "use attention_backend='xla' or 'auto' for prefix-LM batches")
     if backend == "auto":
         if jax.default_backend() in _KERNEL_MODES:
-            if prefix_mask:
-                _log_once("attention_backend='auto' with a prefix-LM mask "
-                          "(decoder_causal_attention): xla (the Pallas kernel is causal or "
-                          "bidirectional only)", logging.WARNING)
-                return "xla"
             if attention_dropout:
                 _log_once("attention_backend='auto' with dropout: xla (the Pallas kernel has "
                           "no attention dropout; set T5Config.dropout_rate=0 to use it)",
@@ -131,7 +123,8 @@ class AttentionInputs:
     The `xla` backend folds mask and relative position bias into one additive f32 tensor
     `dense_bias` [b, heads or 1, lq, lk]. Kernel backends never materialise it: they carry
     the per-offset bias vector [heads, 2*max_distance+1] (None without bias), segment ids and
-    positions [b, l] and the causal flag, and form each tile's mask and bias themselves.
+    positions [b, l], the causal flag and a prefix LM's bool q_prefix / kv_prefix [b, l]
+    (None otherwise), and form each tile's mask and bias themselves.
     """
 
     dense_bias: jax.Array | None = None
@@ -143,6 +136,8 @@ class AttentionInputs:
     kv_segment_ids: jax.Array | None = None
     q_positions: jax.Array | None = None
     kv_positions: jax.Array | None = None
+    q_prefix: jax.Array | None = None
+    kv_prefix: jax.Array | None = None
 
 
 def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
@@ -153,14 +148,15 @@ def prepare_attention(*, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
     """The inputs of every layer of one stack; q_prefix / kv_prefix as in `attention_mask`."""
     if (q_prefix is None) != (kv_prefix is None):
         raise ValueError("prepare_attention: give both q_prefix and kv_prefix, or neither")
-    backend = resolve_backend(backend, prefix_mask=q_prefix is not None)
+    backend = resolve_backend(backend)
     if backend in KERNEL_BACKENDS:
         return AttentionInputs(
             backend=backend, causal=causal,
             bias_vector=None if relpos is None else relative_bias_vector(relpos),
             max_distance=0 if relpos is None else relpos.max_distance,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-            q_positions=q_positions, kv_positions=kv_positions)
+            q_positions=q_positions, kv_positions=kv_positions,
+            q_prefix=q_prefix, kv_prefix=kv_prefix)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal,
                           q_prefix, kv_prefix)
     bias = jnp.zeros((), jnp.float32) if relpos is None else relpos(q_positions, kv_positions)
@@ -205,7 +201,8 @@ def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, inputs: Attentio
     return flash_attention(
         q, k, v, q_segment_ids=inputs.q_segment_ids, kv_segment_ids=inputs.kv_segment_ids,
         q_positions=inputs.q_positions, kv_positions=inputs.kv_positions,
-        bias=inputs.bias_vector, causal=inputs.causal, max_distance=inputs.max_distance,
+        bias=inputs.bias_vector, causal=inputs.causal, q_prefix=inputs.q_prefix,
+        kv_prefix=inputs.kv_prefix, max_distance=inputs.max_distance,
         block_q=BLOCK_Q, block_k=BLOCK_K, mode=mode)
 
 

@@ -214,6 +214,12 @@ def test_kernel_backends_carry_no_dense_bias():
                                backend="pallas_interpret")
     assert inputs.dense_bias is None and inputs.causal
     assert inputs.bias_vector.shape == (2, 2 * cfg.relative_attention_max_distance + 1)
+    assert inputs.q_prefix is None and inputs.kv_prefix is None
+    prefix = pos < 40
+    inputs = prepare_attention(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos,
+                               kv_positions=pos, causal=True, relpos=relpos,
+                               backend="pallas_interpret", q_prefix=prefix, kv_prefix=prefix)
+    assert inputs.dense_bias is None and inputs.q_prefix is inputs.kv_prefix is prefix
     assert attention.resolve_backend("auto") == "xla"  # on CPU
     with pytest.raises(ValueError, match="pallas_interpret"):
         attention.resolve_backend("pallas_triton")
@@ -251,23 +257,26 @@ def test_forward_backward_memory_grows_linearly_with_length():
     assert large < 2 * 2048 * 2048 * 4 / 2**20  # less than one [h, L, L] f32 tensor
 
 
-@pytest.mark.parametrize("dtype,head_dim,with_bias,causal", [
-    ("bfloat16", 64, True, True), ("float32", 128, False, False)])
-def test_triton_lowering_builds_for_cuda(dtype, head_dim, with_bias, causal):
+@pytest.mark.parametrize("dtype,head_dim,with_bias,causal,prefix", [
+    ("bfloat16", 64, True, True, False), ("float32", 128, False, False, False),
+    ("bfloat16", 64, True, True, True)])
+def test_triton_lowering_builds_for_cuda(dtype, head_dim, with_bias, causal, prefix):
     """Forward and both backward kernels lower to Triton (cross-platform lowering on CPU).
 
     This checks Pallas' Triton lowering of every op the kernels use (gathers of the bias
-    vector, atomic scatter-adds of its gradient, dots, loops); compiling and running need a GPU.
+    vector, atomic scatter-adds of its gradient, dots, loops, the prefix flags' bit ops);
+    compiling and running need a GPU.
     """
     lq, lk, h = 200, 77, 2
     q, k = jnp.zeros((1, lq, h, head_dim), dtype), jnp.zeros((1, lk, h, head_dim), dtype)
     qs, ks = jnp.ones((1, lq), jnp.int32), jnp.ones((1, lk), jnp.int32)
     vec = jnp.zeros((h, 2 * 128 + 1)) if with_bias else None
+    flags = dict(q_prefix=qs, kv_prefix=ks) if prefix else {}
 
     def loss(q, k, v):
         out = flash_attention(q, k, v, q_segment_ids=qs, kv_segment_ids=ks, q_positions=qs,
                               kv_positions=ks, bias=vec, causal=causal, block_q=64,
-                              block_k=64, mode="triton")
+                              block_k=64, mode="triton", **flags)
         return out.astype(jnp.float32).sum()
 
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k).lower(
@@ -328,7 +337,139 @@ def test_auto_picks_the_kernel_on_gpu_unless_attention_dropout_is_on(monkeypatch
     assert attention.resolve_backend("auto") == "pallas"
     assert attention.resolve_backend("auto", attention_dropout=True) == "xla"
     assert attention.resolve_backend("pallas", attention_dropout=True) == "pallas"  # as asked
+    assert attention.resolve_backend("auto", prefix_mask=True) == "pallas"  # prefix LMs too
+    assert attention.resolve_backend("pallas", prefix_mask=True) == "pallas"
     cfg = get_config("tiny", attention_backend="auto", dropout_rate=0.1)
     assert stack_backend(cfg, nnx.Rngs(dropout=0)) == "xla"  # training with dropout
     assert stack_backend(cfg, None) == "pallas"  # evaluation / decoding: no dropout
     assert stack_backend(cfg.replace(dropout_rate=0.0), nnx.Rngs(dropout=0)) == "pallas"
+
+
+# Prefix LM (seqio's decoder_causal_attention): two packed rows of length 70 (not a multiple of
+# 16 or 32), (segment length, prefix length) per segment, then padding. Prefixes of 0 (row 0's
+# first: plain causal) up to a whole segment (row 1's last); row 0's second and third prefixes
+# cross the block boundaries 16 and 48, row 1's first crosses 16 and 32, so with 16 x 16,
+# 16 x 32 and 32 x 16 tiles some tiles wholly in the causal future hold live prefix pairs.
+PREFIX_ROWS = ([(14, 0), (25, 9), (20, 12)], [(40, 35), (9, 3), (12, 12)])
+PREFIX_LENGTH = 70
+
+
+def prefix_lm_masks():
+    """Segment ids, positions and bool prefix flags [2, 70] of PREFIX_ROWS, as `masks`
+    (keyword arguments of flash_attention / prepare_attention), and the hand-built
+    visibility bool [2, 70, 70]: same segment, and key offset <= query offset or both in the
+    prefix."""
+    shape = (len(PREFIX_ROWS), PREFIX_LENGTH)
+    seg, pos, pre = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, bool)
+    visible = np.zeros(shape + (PREFIX_LENGTH,), bool)
+    for row, segments in enumerate(PREFIX_ROWS):
+        start = 0
+        for i, (n, n_prefix) in enumerate(segments):
+            s = slice(start, start + n)
+            seg[row, s], pos[row, s] = i + 1, np.arange(n)
+            pre[row, start:start + n_prefix] = True
+            off = np.arange(n)
+            in_prefix = off < n_prefix
+            visible[row, s, s] = (off[None, :] <= off[:, None]) | (in_prefix[:, None]
+                                                                  & in_prefix[None, :])
+            start += n
+        assert start < PREFIX_LENGTH  # padding at the end
+    masks = dict(q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg),
+                 q_positions=jnp.asarray(pos), kv_positions=jnp.asarray(pos), causal=True,
+                 q_prefix=jnp.asarray(pre), kv_prefix=jnp.asarray(pre))
+    return masks, visible
+
+
+def _dense_prefix_reference(qkv, vec, masks, max_distance):
+    """The xla backend on `attention_mask` (prefix included) + the bias vector, gathered
+    densely: vec[:, clip(kv_pos - q_pos) + M] (so its gradient is checked per offset)."""
+    mask = attention_mask(masks["q_segment_ids"], masks["kv_segment_ids"],
+                          masks["q_positions"], masks["kv_positions"], True,
+                          masks["q_prefix"], masks["kv_prefix"])  # [b, 1, lq, lk]
+    m = max_distance
+    offsets = masks["kv_positions"][:, None, :] - masks["q_positions"][:, :, None]
+    bias = vec[:, jnp.clip(offsets, -m, m) + m].transpose(1, 0, 2, 3)  # [b, h, lq, lk]
+    inputs = attention.AttentionInputs(dense_bias=jnp.where(mask, bias, attention.MASK_VALUE))
+    return dot_product_attention(*qkv, inputs)
+
+
+def assert_prefix_lm_matches_reference(rng, kernel, max_distance=24):
+    """`kernel((q, k, v), vec, masks)` on PREFIX_ROWS (f32, causal bias vector clipped at
+    max_distance < the longest segment) gives the dense reference's output on live rows and
+    its gradients wrt q, k, v and the bias vector (shared with the TPU kernel's tests)."""
+    masks, visible = prefix_lm_masks()
+    np.testing.assert_array_equal(np.asarray(attention_mask(
+        *(masks[n] for n in ("q_segment_ids", "kv_segment_ids", "q_positions",
+                             "kv_positions")), True, masks["q_prefix"],
+        masks["kv_prefix"]))[:, 0], visible)  # the reference's mask is the layout's
+    b, h, d = len(PREFIX_ROWS), 2, 64
+    qkv = tuple(jnp.asarray(rng.normal(size=(b, PREFIX_LENGTH, h, d)), jnp.float32)
+                for _ in range(3))
+    vec = jnp.asarray(rng.normal(size=(h, 2 * max_distance + 1)), jnp.float32)
+    live = np.asarray(masks["q_segment_ids"]) > 0
+    cotangent = jnp.asarray(rng.normal(size=qkv[0].shape) * live[:, :, None, None],
+                            jnp.float32)
+
+    def value_and_grads(fn):
+        def f(q, k, v, vec):
+            out = fn((q, k, v), vec)
+            return jnp.sum(out * cotangent), out
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))(*qkv, vec)
+
+    (_, out), grads = value_and_grads(lambda qkv, vec: kernel(qkv, vec, masks))
+    (_, want), want_grads = value_and_grads(
+        lambda qkv, vec: _dense_prefix_reference(qkv, vec, masks, max_distance))
+    assert _rel_err(out[live], want[live]) <= TOL["float32"], "output"
+    for gname, got, ref in zip(("dq", "dk", "dv", "dvec"), grads, want_grads):
+        assert _rel_err(got, ref) <= TOL["float32"], (gname, _rel_err(got, ref))
+    # Future prefix keys reach the bias gradient at positive (and clipped) offsets.
+    assert float(jnp.abs(want_grads[3][:, max_distance + 1:]).min()) > 0
+
+
+def assert_prefix_lm_attends_where_the_layout_says(rng, kernel):
+    """With v = the identity (value j = e_j), the kernel's output rows are its attention
+    probabilities: nonzero exactly where PREFIX_ROWS' hand-built visibility says, so a prefix
+    query reads the later prefix keys of its own segment, never a later non-prefix key,
+    never another segment or padding. `kernel((q, k, v), masks)`, no bias."""
+    masks, visible = prefix_lm_masks()
+    b, h, d = len(PREFIX_ROWS), 2, 128  # d >= length: room for the identity
+    q, k = (jnp.asarray(0.1 * rng.normal(size=(b, PREFIX_LENGTH, h, d)), jnp.float32)
+            for _ in range(2))
+    v = jnp.broadcast_to(jnp.eye(PREFIX_LENGTH, d)[None, :, None, :], (b, PREFIX_LENGTH, h, d))
+    probs = np.asarray(jax.jit(lambda q, k, v: kernel((q, k, v), masks))(q, k, v))
+    probs = probs[..., :PREFIX_LENGTH].transpose(0, 2, 1, 3)  # [b, h, query, key]
+    live = np.asarray(masks["q_segment_ids"]) > 0
+    for head in range(h):
+        np.testing.assert_array_equal((probs[:, head] > 0)[live], visible[live])
+    np.testing.assert_allclose(probs.sum(-1).transpose(0, 2, 1)[live], 1.0, rtol=1e-5)
+    start, n_prefix = 14 + 25, 12  # spelled out on row 0's third segment (keys 39..58)
+    first = probs[0, :, start]  # [h, key]: the segment's first query, a prefix one
+    assert (first[:, start:start + n_prefix] > 0).all()  # every prefix key, later ones too
+    assert (first[:, start + n_prefix:] == 0).all()  # no later non-prefix key, no padding
+    assert (first[:, :start] == 0).all()  # no other segment
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
+def test_prefix_lm_mask_matches_xla_reference_forward_and_gradients(rng, blocks):
+    assert_prefix_lm_matches_reference(rng, lambda qkv, vec, masks: flash_attention(
+        *qkv, **masks, bias=vec, max_distance=vec.shape[1] // 2, block_q=blocks[0],
+        block_k=blocks[1], mode="interpret"))
+
+
+def test_prefix_lm_kernel_attends_exactly_where_the_layout_says(rng):
+    assert_prefix_lm_attends_where_the_layout_says(rng, lambda qkv, masks: flash_attention(
+        *qkv, **masks, block_q=16, block_k=16, mode="interpret"))
+
+
+def test_prefix_arrays_come_in_pairs_and_only_widen_a_causal_mask(rng):
+    masks, _ = prefix_lm_masks()
+    qkv = tuple(jnp.asarray(rng.normal(size=(2, PREFIX_LENGTH, 2, 16)), jnp.float32)
+                for _ in range(3))
+    with pytest.raises(ValueError, match="both q_prefix and kv_prefix"):
+        flash_attention(*qkv, **{**masks, "kv_prefix": None})
+    with pytest.raises(ValueError, match="q_prefix"):
+        flash_attention(*qkv, **{**masks, "q_prefix": masks["q_prefix"][:, :5]})
+    bidirectional = {**masks, "causal": False}  # prefix flags change nothing then
+    plain = {k: v for k, v in bidirectional.items() if "prefix" not in k}
+    np.testing.assert_array_equal(flash_attention(*qkv, **bidirectional, block_q=16),
+                                  flash_attention(*qkv, **plain, block_q=16))

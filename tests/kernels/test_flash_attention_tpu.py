@@ -18,6 +18,8 @@ from flan_jax.model.attention import relative_bias_vector
 from tests.kernels.test_flash_attention import (_case_inputs, _live_rows, _reference, _rel_err,
                                                 _with_table, assert_dead_rows_are_zero,
                                                 assert_matches_reference,
+                                                assert_prefix_lm_attends_where_the_layout_says,
+                                                assert_prefix_lm_matches_reference,
                                                 assert_tiny_t5_matches_xla, rng)
 
 __all__ = ["rng"]  # the fixture
@@ -65,6 +67,7 @@ def test_backends_pick_the_tpu_kernel(monkeypatch):
     monkeypatch.setattr(attention, "tpu_kernel_supported", lambda: True)
     assert attention.resolve_backend("auto") == "pallas"
     assert attention.resolve_backend("auto", attention_dropout=True) == "xla"
+    assert attention.resolve_backend("auto", prefix_mask=True) == "pallas"
     calls = []
     monkeypatch.setattr(attention, "flash_attention",
                         lambda *a, mode, **kw: calls.append(mode) or a[0])
@@ -78,20 +81,24 @@ def test_backends_pick_the_tpu_kernel(monkeypatch):
     assert calls == ["mosaic_tpu", "mosaic_tpu_interpret"]
 
 
-@pytest.mark.parametrize("dtype,head_dim,with_bias,causal", [
-    ("bfloat16", 64, True, True), ("float32", 128, False, False)])
-def test_mosaic_lowering_builds_for_tpu(dtype, head_dim, with_bias, causal):
+@pytest.mark.parametrize("dtype,head_dim,with_bias,causal,prefix", [
+    ("bfloat16", 64, True, True, False), ("float32", 128, False, False, False),
+    ("bfloat16", 64, True, True, True)])
+def test_mosaic_lowering_builds_for_tpu(dtype, head_dim, with_bias, causal, prefix):
     """Forward and both backward kernels lower to Mosaic (cross-platform lowering on CPU):
     block shapes, strided rolls, dynamic row reads / writes of the window table, loops and
-    conds pass Pallas' TPU lowering. Mosaic compilation and running need a TPU."""
+    conds (and the prefix flags' bit ops) pass Pallas' TPU lowering. Mosaic compilation and
+    running need a TPU."""
     lq, lk, h = 300, 77, 2
     q, k = jnp.zeros((1, lq, h, head_dim), dtype), jnp.zeros((1, lk, h, head_dim), dtype)
     qs, ks = jnp.ones((1, lq), jnp.int32), jnp.ones((1, lk), jnp.int32)
     vec = jnp.zeros((h, 2 * 128 + 1)) if with_bias else None
+    flags = dict(q_prefix=qs, kv_prefix=ks) if prefix else {}
 
     def loss(q, k, v, vec):
         out = flash_attention(q, k, v, q_segment_ids=qs, kv_segment_ids=ks, q_positions=qs,
-                              kv_positions=ks, bias=vec, causal=causal, mode="mosaic_tpu")
+                              kv_positions=ks, bias=vec, causal=causal, mode="mosaic_tpu",
+                              **flags)
         return out.astype(jnp.float32).sum()
 
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3) if with_bias else (0, 1, 2))).trace(
@@ -103,6 +110,17 @@ def test_rows_with_nothing_to_attend_output_zero_and_pass_no_gradient(rng):
     qkv, relpos, masks, _ = _case_inputs(rng, "packed_encoder_clipped", "float32")
     assert_dead_rows_are_zero(rng, qkv, relpos, masks,
                               lambda qkv, t, masks: _kernel(qkv, t, relpos, masks, 16))
+
+
+def test_tpu_kernel_prefix_lm_mask_matches_xla_reference_forward_and_gradients(rng):
+    assert_prefix_lm_matches_reference(rng, lambda qkv, vec, masks: flash_attention(
+        *qkv, **masks, bias=vec, max_distance=vec.shape[1] // 2, block_q=16, block_k=16,
+        mode="mosaic_tpu_interpret"))
+
+
+def test_tpu_kernel_prefix_lm_attends_exactly_where_the_layout_says(rng):
+    assert_prefix_lm_attends_where_the_layout_says(rng, lambda qkv, masks: flash_attention(
+        *qkv, **masks, block_q=16, block_k=16, mode="mosaic_tpu_interpret"))
 
 
 def test_tiny_t5_loss_and_gradients_match_between_pallas_tpu_interpret_and_xla(rng,

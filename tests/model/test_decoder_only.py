@@ -276,7 +276,7 @@ def test_dropout_only_with_rngs(tiny):
     np.testing.assert_array_equal(a, run(model, x, 0))
 
 
-def test_kernel_backends_run_causal_and_refuse_a_prefix_mask(tiny, monkeypatch):
+def test_kernel_backends_run_causal_and_auto_runs_a_prefix_mask(tiny, monkeypatch):
     monkeypatch.setattr(attention, "BLOCK_Q", 16)  # several tiles per row
     monkeypatch.setattr(attention, "BLOCK_K", 16)
     f, _ = pack(random_examples(np.random.default_rng(7), 3, 64, 5, 4), 32, 1)
@@ -290,12 +290,9 @@ def test_kernel_backends_run_causal_and_refuse_a_prefix_mask(tiny, monkeypatch):
     live = f["decoder_segment_ids"] > 0
     np.testing.assert_allclose(np.asarray(forward(kernel, batch))[live],
                                np.asarray(forward(xla, batch))[live], atol=1e-5)
-    dca = jnp.asarray(f["decoder_causal_attention"])
-    with pytest.raises(ValueError, match="'pallas_interpret' has no prefix-LM mask"):
-        kernel(**batch, decoder_causal_attention=dca)
     auto = model_from_params(one_layer.replace(attention_backend="auto"), params)
-    batch["decoder_causal_attention"] = dca
-    np.testing.assert_array_equal(forward(auto, batch), forward(xla, batch))  # auto: xla
+    batch["decoder_causal_attention"] = jnp.asarray(f["decoder_causal_attention"])
+    np.testing.assert_array_equal(forward(auto, batch), forward(xla, batch))  # auto: xla on CPU
 
 
 def test_create_abstract_and_load_follow_the_architecture(tiny):
@@ -314,3 +311,26 @@ def test_create_abstract_and_load_follow_the_architecture(tiny):
     assert "logits_dense" not in params_of(abstract_model(cfg.replace(tie_embeddings=True)))
     with pytest.raises(ValueError, match="architecture='decoder_only'"):
         DecoderOnly(get_config("tiny"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("backend", ["pallas_interpret", "pallas_tpu_interpret"])
+def test_kernel_backends_give_xla_logits_for_a_packed_prefix_lm_batch(tiny, monkeypatch,
+                                                                     backend):
+    """Both layers of the fixture on 2 packed rows of 3+ examples (decoder_causal_attention,
+    padding at the end) with 16-token tiles: a kernel's prefix-LM mask is xla's."""
+    monkeypatch.setattr(attention, "BLOCK_Q", 16)  # several tiles per row, prefixes across them
+    monkeypatch.setattr(attention, "BLOCK_K", 16)
+    cfg, model = tiny
+    f, where = pack(random_examples(np.random.default_rng(14), 7, cfg.vocab_size, 12, 5),
+                    40, 2)
+    assert min(int(r.max()) for r in f["decoder_segment_ids"]) >= 3
+    assert (f["decoder_segment_ids"][:, -1] == 0).all()  # padding at the end of each row
+    # In both rows a prefix (offsets 0..n_inputs) spans a tile boundary.
+    crossing = {row for row, s, n in where for edge in (16, 32) if s.start < edge <= s.start + n}
+    assert crossing == {0, 1}
+    batch = {k: jnp.asarray(f[k]) for k in ("decoder_input_tokens", "decoder_segment_ids",
+                                            "decoder_positions", "decoder_causal_attention")}
+    kernel = model_from_params(cfg.replace(attention_backend=backend), params_of(model))
+    live = f["decoder_segment_ids"] > 0
+    np.testing.assert_allclose(np.asarray(forward(kernel, batch))[live],
+                               np.asarray(forward(model, batch))[live], atol=1e-5)
