@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import seqio
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -36,6 +37,44 @@ def test_register_your_own_task_example_runs(tmp_path, monkeypatch, capsys):
             seqio.TaskRegistry.remove(name)
 
 
+def _own_task_dir(tmp_path):
+    """The README's my_tasks.py and its JSONL files in tmp_path; returns its bash commands."""
+    text = README.read_text()
+    section = text[text.index("**Train on it, evaluate it, generate.**"):]
+    module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert module.startswith("# my_tasks.py")
+    (tmp_path / "my_tasks.py").write_text(module)
+    rows = [{"country": c, "capital": k} for c, k in
+            (("France", "Paris"), ("Peru", "Lima"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"))]
+    for split in ("capitals_train", "capitals_val"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+# (arch/decoder_only.gin is prefix_lm.gin's model on other features: tests/train/test_loop.py)
+@pytest.mark.parametrize("arch", ["prefix_lm", "semi_causal"])
+def test_own_task_trains_every_architecture_with_its_gin_file(tmp_path, arch):
+    """The README's train command on the user's JSONL task plus `--gin_file=arch/*.gin`
+    (2 steps), then its infer command on the run: the model is that architecture's."""
+    import shlex
+    import subprocess
+    import sys
+
+    commands = _own_task_dir(tmp_path).replace("\\\n", " ").strip().splitlines()
+    run_dir = tmp_path / "run"
+    train = shlex.split(commands[0].replace("/tmp/capitals", str(run_dir)))
+    train = [*train[1:], f"--gin_file=arch/{arch}.gin", "--gin.train.total_steps=2",
+             "--gin.train.evaluate=False"]
+    infer = shlex.split(commands[2].replace("/tmp/capitals", str(run_dir)))[1:]
+    for argv in (train, infer):
+        proc = subprocess.run([sys.executable, "-m", "flan_jax", *argv], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (argv, proc.stderr[-3000:])
+    built = json.loads((run_dir / "model" / "config.json").read_text())
+    assert built["architecture"] == ("semi_causal" if arch == "semi_causal" else "decoder_only")
+    assert "> What is the capital of Peru?" in proc.stdout
+
+
 def test_own_task_train_eval_infer_runs_as_written_from_a_fresh_directory(tmp_path):
     """The README's my_tasks.py and its three commands, in a new working directory, with
     the installed `flan-jax` script (which, unlike `python -m`, must be told about cwd)."""
@@ -44,16 +83,7 @@ def test_own_task_train_eval_infer_runs_as_written_from_a_fresh_directory(tmp_pa
     import subprocess
     import sys
 
-    text = README.read_text()
-    section = text[text.index("**Train on it, evaluate it, generate.**"):]
-    module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    assert module.startswith("# my_tasks.py")
-    (tmp_path / "my_tasks.py").write_text(module)
-    rows = [{"country": c, "capital": k} for c, k in
-            (("France", "Paris"), ("Peru", "Lima"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"))]
-    for split in ("capitals_train", "capitals_val"):
-        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    commands = _own_task_dir(tmp_path)
     run_dir = tmp_path / "run"
     script = Path(sys.executable).parent / "flan-jax"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
