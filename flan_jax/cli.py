@@ -136,9 +136,10 @@ def _print_generations(model_dir: Path, n: int) -> None:
     import itertools
 
     from flan_jax.data import export
-    from flan_jax.train import infer
+    from flan_jax.train import evaluate, infer
 
     model, vocabulary = infer.load(model_dir)
+    prefix = evaluate.trained_data(model_dir, model.cfg.architecture).prefix_lm
     kinds = [("zero-shot", "synth_word_problem:zs_noopt"), ("few-shot", "synth_sorting:fs_noopt"),
              ("chain of thought", "synth_arithmetic:cot_zs"),
              ("held-out, zero-shot", "synth_weekday:zs_opt")]
@@ -149,7 +150,8 @@ def _print_generations(model_dir: Path, n: int) -> None:
         except export.ExportError:
             continue
         outputs = infer.generate(model, vocabulary, [r["inputs"] for r in rows],
-                                 max_decode_len=64, batch_size=max(len(rows), 1))
+                                 max_decode_len=64, batch_size=max(len(rows), 1),
+                                 prefix=prefix)
         for row, out in zip(rows, outputs):
             print(f"{_RULE}\n[{kind}] {task}\n{row['inputs']}\n  target: {row['targets']}"
                   f"\n  model:  {out}")
@@ -187,9 +189,11 @@ def _eval_table(results, baseline=None) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from flan_jax.train import evaluate, infer
 
-    trained, modules = evaluate.trained_data(args.checkpoint)  # what the run trained on
     model, _ = infer.load(args.checkpoint)
-    results = evaluate.Evaluator(evaluate.EvalConfig(), trained, modules)(model)
+    trained = evaluate.trained_data(args.checkpoint, model.cfg.architecture)
+    # Prompted and scored with the features it trained on (a prefix LM's prompt bidirectional).
+    results = evaluate.Evaluator(evaluate.EvalConfig(), trained.mixture_or_task_name,
+                                 trained.module_imports, trained.feature_converter)(model)
     print(_eval_table(results))
     if args.output:
         evaluate.write_json(results, args.output)
@@ -198,14 +202,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from flan_jax.train import infer
+    from flan_jax.train import evaluate, infer
 
     if (args.input is None) == (args.input_file is None):
         raise ValueError("give --input TEXT (repeatable) or --input_file FILE.jsonl")
     if args.input_file is not None and args.output is None:
         raise ValueError("--input_file needs --output FILE.jsonl")
     model, vocabulary = infer.load(args.checkpoint, vocab=args.vocab)
-    options = decode_config(args).generate_kwargs()
+    trained = evaluate.trained_data(args.checkpoint, model.cfg.architecture)
+    options = {**decode_config(args).generate_kwargs(), "prefix": trained.prefix_lm}
     if args.input is not None:
         for text, out in zip(args.input, infer.generate(model, vocabulary, args.input,
                                                         **options)):
@@ -376,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="evaluate a checkpoint on the eval mixtures (gin EvalConfig)",
         description="Decode every eval task of each group (default: held-in and held-out "
-                    "synthetic families) and print per-task accuracy.")
+                    "synthetic families) and print per-task accuracy. The model is prompted "
+                    "with the features it trained on (DataConfig.feature_converter, as its "
+                    "run recorded it; a prefix LM sees its prompt bidirectionally); "
+                    "--gin.DataConfig.feature_converter=\"'...'\" overrides.")
     ev.add_argument("--checkpoint", required=True,
                     help="a training model_dir, a flan-jax model dir or a Hugging Face dir")
     ev.add_argument("--output", type=Path, help="also write the results as JSON here")
@@ -387,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser(
         "infer", help="generate text from a checkpoint",
         description="Generate from a training model_dir, a flan-jax model dir or an "
-                    "imported Hugging Face T5 dir (its spiece.model is used when present).")
+                    "imported Hugging Face T5 dir (its spiece.model is used when present). A "
+                    "model trained as a prefix LM sees its prompt bidirectionally, as its run "
+                    "recorded (DataConfig.feature_converter); "
+                    "--gin.DataConfig.feature_converter=\"'decoder'\" decodes it causally.")
     inf.add_argument("--checkpoint", required=True, help="model directory (see above)")
     inf.add_argument("--input", action="append", metavar="TEXT",
                      help="a prompt; repeatable")

@@ -1,8 +1,9 @@
 """Autoregressive decoding with the KV cache: greedy, temperature / top-k / top-p sampling, beam.
 
-Every strategy encodes once, then drives `T5.init_cache` + `T5.decode_step` inside one jitted
-`lax.while_loop`, compiled once per (shapes, max length, static options). `decode` picks a
-strategy by name (for the CLI and gin).
+Every strategy starts once per row (`T5`: encode, `init_cache`, step the start token; a
+`DecoderOnly`: `prefill` the prompt [start, inputs]), then drives `decode_step` inside one
+jitted `lax.while_loop`, compiled once per (shapes, max length, static options). `decode`
+picks a strategy by name (for the CLI and gin).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flan_jax.errors import ConfigError
 from flan_jax.model.decoder_only import DecoderOnly
 from flan_jax.model.t5 import T5, default_segment_ids
 
@@ -35,8 +35,8 @@ class BeamResult(NamedTuple):
     lengths: jax.Array  # int32 [b, num_return]; generated tokens including EOS
 
 
-def decode(model: T5, encoder_input_tokens: jax.Array, *, method: str = "greedy",
-           **kwargs: Any) -> DecodeResult | BeamResult:
+def decode(model: T5 | DecoderOnly, encoder_input_tokens: jax.Array, *,
+           method: str = "greedy", **kwargs: Any) -> DecodeResult | BeamResult:
     """Runs `greedy_decode`, `sample_decode` or `beam_search` by `method` name, with `kwargs`;
     returns that function's result (a `BeamResult` for "beam", else a `DecodeResult`)."""
     fns = {"greedy": greedy_decode, "sample": sample_decode, "beam": beam_search}
@@ -93,10 +93,10 @@ def sample_decode(model: T5 | DecoderOnly, encoder_input_tokens: jax.Array, *,
                         return_logits=return_logits, prefix=prefix)
 
 
-def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 4,
-                max_decode_len: int, length_penalty: float = 0.6,
-                encoder_segment_ids: jax.Array | None = None,
-                num_return: int = 1) -> BeamResult:
+def beam_search(model: T5 | DecoderOnly, encoder_input_tokens: jax.Array, *,
+                beam_size: int = 4, max_decode_len: int, length_penalty: float = 0.6,
+                encoder_segment_ids: jax.Array | None = None, num_return: int = 1,
+                prefix: bool = False) -> BeamResult:
     """Beam search; returns the `num_return` best finished hypotheses per row, best first.
 
     A hypothesis finishes at EOS or when it reaches `max_decode_len` tokens; its score is
@@ -108,10 +108,11 @@ def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 
     can beat its worst entry: the bound is the best alive score at the current length, or
     at `max_decode_len` when `length_penalty > 0` (HF's `early_stopping="never"`, exact).
     `length_penalty` is traced (changing it does not recompile).
+
+    Each row starts once (T5 encodes it; a `DecoderOnly` model prefills [start, inputs], as
+    `greedy_decode`, `prefix` as there); its cache is then copied to its beams and reordered
+    with them every step.
     """
-    if isinstance(model, DecoderOnly):
-        raise ConfigError("beam_search: decoder-only models decode greedily or by sampling "
-                          "so far (--method greedy | sample)")
     if beam_size < 1:
         raise ValueError(f"beam_search beam_size={beam_size} must be >= 1")
     if not 1 <= num_return <= beam_size:
@@ -122,7 +123,7 @@ def beam_search(model: T5, encoder_input_tokens: jax.Array, *, beam_size: int = 
     graphdef, state, tokens, segments = _prepare(model, encoder_input_tokens,
                                                  encoder_segment_ids, max_decode_len)
     best = _beam_loop(graphdef, state, tokens, segments, jnp.float32(length_penalty),
-                      max_decode_len=max_decode_len, beam_size=beam_size)
+                      max_decode_len=max_decode_len, beam_size=beam_size, prefix=prefix)
     return BeamResult(*(x[:, :num_return] for x in best))
 
 
@@ -216,7 +217,8 @@ def _sample_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array
 class _Beams(NamedTuple):
     """Loop state; k = beam_size, L = max_decode_len; beams of a row adjacent in the cache."""
     i: jax.Array  # int32 []: tokens generated so far
-    cache: dict  # T5 decoding cache over b * k rows
+    logits: jax.Array  # f32 [b * k, vocab]: each alive beam's next-token logits
+    cache: dict  # the model's decoding cache over b * k rows
     alive_seq: jax.Array  # int32 [b, k, L]
     alive_logp: jax.Array  # f32 [b, k]; descending
     fin_seq: jax.Array  # int32 [b, k, L]
@@ -231,21 +233,38 @@ def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_decode_len", "beam_size"))
+def _beam_leaves(model: T5 | DecoderOnly, cache: Any, b: int) -> tuple[Any, Any]:
+    """Two pytrees of bools shaped like a `b`-row cache: (per_row: the arrays with a leading
+    batch axis, copied to each beam; moves: those a beam must take from its parent). A
+    decoder-only cache's prompt and generated k/v share one buffer, so every per-row array
+    moves; a T5 cache's only differ between a row's beams in the self-attention k/v (its
+    cross-attention k/v, the largest, stay put). `index` is a scalar shared by all rows."""
+    def per_row(x: jax.Array) -> bool:
+        return x.ndim >= 1 and x.shape[0] == b
+
+    def moves(path, x: jax.Array) -> bool:
+        return per_row(x) and (isinstance(model, DecoderOnly)
+                               or getattr(path[-1], "key", None) in ("self_k", "self_v"))
+
+    return jax.tree.map(per_row, cache), jax.tree_util.tree_map_with_path(moves, cache)
+
+
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=("max_decode_len", "beam_size", "prefix"))
 def _beam_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array,
-               length_penalty: jax.Array, *, max_decode_len: int,
-               beam_size: int) -> BeamResult:
+               length_penalty: jax.Array, *, max_decode_len: int, beam_size: int,
+               prefix: bool = False) -> BeamResult:
     """The whole finished pool: BeamResult with num_return = beam_size."""
-    model: T5 = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
     cfg = model.cfg
     b, k, L, V = enc_tokens.shape[0], beam_size, max_decode_len, cfg.vocab_size
-    encoded = model.encode(enc_tokens, enc_segments)
-    cache = model.init_cache(encoded, enc_segments, L)
+    logits, cache = _begin(model, enc_tokens, enc_segments, L, prefix)  # [b, V], b rows
+    per_row, moves = _beam_leaves(model, cache, b)
     # Every beam of a row gets its own copy of the row's cache: [b, ...] -> [b * k, ...].
-    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
+    cache = jax.tree.map(lambda x, r: jnp.repeat(x, k, axis=0) if r else x, cache, per_row)
     first = jnp.arange(k) == 0  # only beam 0 is live at the start: no k copies of one token
     init = _Beams(
-        i=jnp.zeros((), jnp.int32), cache=cache,
+        i=jnp.zeros((), jnp.int32), logits=jnp.repeat(logits, k, axis=0), cache=cache,
         alive_seq=jnp.full((b, k, L), cfg.pad_id, jnp.int32),
         alive_logp=jnp.broadcast_to(jnp.where(first, 0.0, NEG_INF), (b, k)),
         fin_seq=jnp.full((b, k, L), cfg.pad_id, jnp.int32),
@@ -257,9 +276,7 @@ def _beam_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array,
 
     def body(s: _Beams) -> _Beams:
         i = s.i
-        prev = jnp.where(i == 0, cfg.decoder_start_id, s.alive_seq[:, :, jnp.maximum(i - 1, 0)])
-        logits, cache = model.decode_step(s.cache, prev.reshape(b * k))  # [b*k, V]
-        logp = jax.nn.log_softmax(logits).reshape(b, k, V)
+        logp = jax.nn.log_softmax(s.logits).reshape(b, k, V)
         total = (s.alive_logp[:, :, None] + logp).reshape(b, k * V)
         # The best 2k expansions: enough to keep k alive even if k of them just finished.
         top_logp, top_idx = jax.lax.top_k(total, 2 * k)  # [b, 2k]
@@ -272,10 +289,10 @@ def _beam_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array,
         alive_seq = _take(top_seq, pick)
         rows = jnp.arange(b)[:, None] * k
         reorder = (rows + _take(parent, pick)).reshape(b * k)  # new beam <- its parent's cache
-        # Cross-attention k/v are equal across a row's beams; only self-attention k/v move.
-        cache = {**cache, "layers": tuple(
-            {**layer, "self_k": layer["self_k"][reorder], "self_v": layer["self_v"][reorder]}
-            for layer in cache["layers"])}
+        cache = jax.tree.map(lambda x, m: x[reorder] if m else x, s.cache, moves)
+        # Each alive beam's new token into its cache -> its next logits (after the last
+        # token: one step unused, written at the clamped last cache slot).
+        logits, cache = model.decode_step(cache, alive_seq[:, :, i].reshape(b * k))
 
         # Finished: expansions that ended, ranked in the top k, while the row is still open.
         length = (i + 1).astype(jnp.float32)
@@ -293,8 +310,8 @@ def _beam_loop(graphdef, state, enc_tokens: jax.Array, enc_segments: jax.Array,
         best_alive = alive_logp[:, 0] / best_len**length_penalty
         worst = jnp.where(jnp.all(fin_flag, axis=1), score[:, -1], NEG_INF)
         done = s.done | (best_alive <= worst)
-        return _Beams(i + 1, cache, alive_seq, alive_logp, fin_seq, score, fin_len, fin_flag,
-                      done)
+        return _Beams(i + 1, logits, cache, alive_seq, alive_logp, fin_seq, score, fin_len,
+                      fin_flag, done)
 
     s = jax.lax.while_loop(cond, body, init)
     return BeamResult(s.fin_seq, s.fin_score, s.fin_len)

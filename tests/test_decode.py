@@ -1,6 +1,7 @@
 """Decoding strategies against references that share no code with them: a full (non-cached)
-forward pass for log-probs, numpy top-k / nucleus sets, an exhaustive search over a tiny
-vocabulary, sampling frequencies vs softmax, and transformers' beam search."""
+forward pass for log-probs (T5's, or a decoder-only model's over [start, inputs, targets]),
+numpy top-k / nucleus sets, an exhaustive search over a tiny vocabulary, sampling
+frequencies vs softmax, and transformers' beam search."""
 
 import itertools
 
@@ -15,6 +16,7 @@ from flan_jax import decode as dec
 from flan_jax.decode import beam_search, decode, greedy_decode, sample_decode
 from flan_jax.model import create_model, get_config, model_from_params
 from flan_jax.model.convert import load_hf_checkpoint
+from flan_jax.model.decoder_only import DecoderOnly
 from tests.model.hf_reference import make_hf_model, padded_batch, save_hf_model
 
 VOCAB = 16
@@ -27,6 +29,14 @@ def tiny():
     cfg = get_config("t5_1_1-tiny", vocab_size=VOCAB, num_encoder_layers=1,
                      num_decoder_layers=2)
     return cfg, create_model(cfg, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A decoder-only model over the same vocabulary (EOS = 1 common here too)."""
+    cfg = get_config("tiny", architecture="decoder_only", vocab_size=VOCAB, eos_id=1,
+                     num_decoder_layers=2)
+    return create_model(cfg, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +53,47 @@ def _forward(model, enc, dec_in):
     return model(enc, dec_in)
 
 
-def full_log_probs(model, enc, seqs):
-    """Non-cached teacher-forced forward: f64 log-probs [n, len, vocab] of each next token."""
-    start = np.full((seqs.shape[0], 1), model.cfg.decoder_start_id, np.int32)
-    dec_in = np.concatenate([start, seqs[:, :-1]], 1)
-    logits = np.asarray(_forward(model, jnp.asarray(enc), jnp.asarray(dec_in)), np.float64)
+@nnx.jit
+def _lm_forward(model, tokens, prefix_mask):
+    return model(tokens, decoder_causal_attention=prefix_mask)
+
+
+def full_log_probs(model, enc, seqs, prefix=False):
+    """Non-cached teacher-forced forward: f64 log-probs [n, len, vocab] of each next token.
+    A decoder-only model reads each row as it trained, [start, inputs, seqs[:-1]] (the
+    inputs' padding dropped, the prompt [start, inputs] bidirectional if `prefix`)."""
+    if isinstance(model, DecoderOnly):
+        logits = _prompted_logits(model, np.asarray(enc), np.asarray(seqs), prefix)
+    else:
+        start = np.full((seqs.shape[0], 1), model.cfg.decoder_start_id, np.int32)
+        dec_in = np.concatenate([start, seqs[:, :-1]], 1)
+        logits = np.asarray(_forward(model, jnp.asarray(enc), jnp.asarray(dec_in)),
+                            np.float64)
     return logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
 
 
-def seq_log_prob(model, enc, seqs, lengths):
+def _prompted_logits(model, enc, seqs, prefix):
+    """f64 logits [n, len, vocab] predicting seqs [n, len] after each row's prompt."""
+    cfg = model.cfg
+    n, s = seqs.shape
+    tokens = np.full((n, 1 + enc.shape[1] + s - 1), cfg.pad_id, np.int32)  # padding after
+    mask = np.zeros_like(tokens)
+    at = np.zeros((n, s), np.int64)  # where each of seqs' tokens is predicted
+    for r in range(n):
+        prompt = [cfg.decoder_start_id] + [int(t) for t in enc[r] if t != cfg.pad_id]
+        row = prompt + seqs[r, :-1].tolist()
+        tokens[r, :len(row)] = row
+        mask[r, :len(prompt)] = 1
+        at[r] = len(prompt) - 1 + np.arange(s)
+    logits = np.asarray(_lm_forward(model, jnp.asarray(tokens),
+                                    jnp.asarray(mask) if prefix else None), np.float64)
+    return np.take_along_axis(logits, at[..., None], 1)
+
+
+def seq_log_prob(model, enc, seqs, lengths, prefix=False):
     """Sum of log p(token) over the first `lengths` tokens of each row of seqs [n, len]."""
-    lp = np.take_along_axis(full_log_probs(model, enc, seqs), seqs[..., None], -1)[..., 0]
+    lp = np.take_along_axis(full_log_probs(model, enc, seqs, prefix), seqs[..., None],
+                            -1)[..., 0]
     return np.sum(np.where(np.arange(seqs.shape[1]) < lengths[:, None], lp, 0.0), -1)
 
 
@@ -363,7 +403,56 @@ def test_decoder_only_greedy_continues_the_prompt_as_the_full_forward_does(prefi
         assert all(t == 0 for t in generated[n:])
 
 
-def test_decoder_only_beam_search_is_refused_by_name():
-    model = create_model(get_config("tiny", architecture="decoder_only"))
-    with pytest.raises(ValueError, match="decoder-only models decode greedily or by sampling"):
-        beam_search(model, jnp.ones((1, 4), jnp.int32), max_decode_len=3)
+# --- beam search over decoder-only models --------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_decoder_only_beam_of_one_is_greedy(tiny_lm, batch, prefix):
+    """Padded prompts of different lengths; the scores are the full forward's log-probs."""
+    greedy = greedy_decode(tiny_lm, batch, max_decode_len=L, prefix=prefix)
+    beam = beam_search(tiny_lm, batch, beam_size=1, max_decode_len=L, length_penalty=0.0,
+                       prefix=prefix)
+    np.testing.assert_array_equal(beam.tokens[:, 0], greedy.tokens)
+    np.testing.assert_array_equal(beam.lengths[:, 0], greedy.lengths)
+    tokens, lengths = np.asarray(greedy.tokens), np.asarray(greedy.lengths)
+    want = seq_log_prob(tiny_lm, batch, tokens, lengths, prefix)
+    np.testing.assert_allclose(beam.scores[:, 0], want, atol=1e-4)
+    assert lengths.min() < L  # EOS-finished rows take part
+
+
+def test_decoder_only_beam_scores_are_the_full_forwards_length_penalised(tiny_lm, batch):
+    alpha, k = 0.6, 4
+    got = beam_search(tiny_lm, batch, beam_size=k, max_decode_len=L, length_penalty=alpha,
+                      num_return=k)
+    tokens, scores, lengths = (np.asarray(a) for a in got)
+    flat_t, flat_n = tokens.reshape(-1, L), lengths.reshape(-1)
+    lp = seq_log_prob(tiny_lm, np.repeat(batch, k, 0), flat_t, flat_n)
+    np.testing.assert_allclose(scores.reshape(-1), lp / flat_n**alpha, atol=1e-4)
+    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+    assert np.all(flat_t[np.arange(L)[None] >= flat_n[:, None]] == 0)  # pad after the end
+    ended = flat_n < L
+    assert ended.any() and np.all(flat_t[ended, flat_n[ended] - 1] == 1)
+
+
+def test_decoder_only_large_beam_finds_the_exhaustive_best(tiny_lm, batch):
+    """As the T5 test above: 256 beams over 3 steps search exhaustively, so a smaller
+    beam's best can't beat theirs (beam search is not monotone in its width in general: a
+    wider beam can prune what a narrower one keeps). The prefix-LM prompt only changes the
+    logits, which test_decoder_only_beam_of_one_is_greedy checks."""
+    alpha, max_len, n_best = 0.6, 3, 4
+    enc = batch[:2]  # a full and a padded prompt
+    got = beam_search(tiny_lm, enc, beam_size=256, max_decode_len=max_len,
+                      length_penalty=alpha, num_return=n_best)
+    small = beam_search(tiny_lm, enc, beam_size=2, max_decode_len=max_len,
+                        length_penalty=alpha, num_return=2)
+    for row, cands in enumerate(_exhaustive(tiny_lm, enc, max_len)):
+        ranked = sorted(cands.items(), key=lambda kv: -kv[1][0] / kv[1][1] ** alpha)[:n_best]
+        want = np.zeros((n_best, max_len), np.int32)
+        for i, (seq, _) in enumerate(ranked):
+            want[i, : len(seq)] = seq
+        np.testing.assert_array_equal(got.tokens[row], want)
+        np.testing.assert_array_equal(got.lengths[row], [cands[s][1] for s, _ in ranked])
+        np.testing.assert_allclose(got.scores[row],
+                                   [lp / n**alpha for _, (lp, n) in ranked], atol=1e-4)
+        assert np.all(np.diff(np.asarray(small.scores[row])) <= 0)
+        assert small.scores[row, 0] <= got.scores[row, 0] + 1e-6

@@ -16,12 +16,15 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gin
 import numpy as np
 
 from flan_jax.decode import greedy_decode
+
+if TYPE_CHECKING:
+    from flan_jax.train.data import DataConfig
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, float]]]  # group -> task -> metric -> value
@@ -137,34 +140,93 @@ def follow_the_run(cfg: EvalConfig, trained: str | None) -> dict[str, str]:
     return {trained: name}
 
 
-def trained_data(checkpoint: str | os.PathLike[str]) -> tuple[str, tuple[str, ...]]:
-    """(mixture, module_imports) a checkpoint was trained on, for `flan-jax eval`: gin's
-    DataConfig bindings if this command sets them, else the run's config.gin (in the run
-    dir, or beside a run's `model/` dir), else DataConfig's defaults."""
+# Beside an export's config.json (train's `model/`): the DataConfig fields it was trained on.
+TRAINED_ON = "trained_on.json"
+
+
+class TrainedOn(NamedTuple):
+    """What a checkpoint was trained on: the mixture (and the modules that register it) and
+    the feature converter, which also says how to prompt it (see `prefix_lm`)."""
+
+    mixture_or_task_name: str
+    module_imports: tuple[str, ...]
+    feature_converter: str
+
+    @property
+    def prefix_lm(self) -> bool:
+        """The model trained as a prefix LM: decode with its prompt seen bidirectionally."""
+        return self.feature_converter == "prefix_lm"
+
+
+def write_trained_on(directory: str | os.PathLike[str], data: DataConfig) -> Path:
+    """Records `data`'s `TrainedOn` fields in `directory`/TRAINED_ON, for
+    `trained_data` to read back (train writes it into its `model/` export)."""
+    from flan_jax.atomic import atomic_file
+
+    path = Path(directory) / TRAINED_ON
+    record = {"mixture_or_task_name": data.mixture_or_task_name,
+              "module_imports": list(data.module_imports),
+              "feature_converter": data.feature_converter}
+    with atomic_file(path) as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def trained_data(checkpoint: str | os.PathLike[str], architecture: str) -> TrainedOn:
+    """What `checkpoint` (a training model_dir, its `model/` export or any model dir) was
+    trained on, for `flan-jax eval` and `infer`. Each field: gin's DataConfig binding if this
+    command sets it (the user's override), else the export's TRAINED_ON record, else the
+    run's config.gin (in the run dir, or beside a run's `model/` dir: runs exported before
+    the record), else its default: DataConfig's, and for the feature converter the
+    `architecture`'s own (enc_dec, as every Hugging Face dir; decoder, causal; semi_causal).
+    A feature converter that `architecture` can't read is refused naming both."""
     import ast
     import re
 
+    from flan_jax.errors import CheckpointError, ConfigError
     from flan_jax.train.data import DataConfig
+    from flan_jax.train.setup import FEATURES_OF
 
-    cfg = DataConfig()
-    bound = gin.get_bindings("DataConfig")
-    found = {}
+    keys = ("mixture_or_task_name", "module_imports", "feature_converter")
     path = Path(checkpoint)
+    found: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for record in (path / TRAINED_ON, path / "model" / TRAINED_ON):
+        if record.is_file():
+            try:
+                values = json.loads(record.read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{record}: not JSON ({e})") from e
+            found.update({k: values[k] for k in keys if k in values})
+            where.update({k: str(record) for k in keys if k in values})
+            break
     for candidate in (path / "config.gin", path.parent / "config.gin"):
         if candidate.is_file():
-            for key in ("mixture_or_task_name", "module_imports"):
+            for key in keys:
                 m = re.search(rf"^DataConfig\.{key} = (.+)$", candidate.read_text(), re.M)
-                if m:
+                if m and key not in found:
                     try:
                         found[key] = ast.literal_eval(m.group(1))
+                        where[key] = str(candidate)
                     except (ValueError, SyntaxError):
                         pass
             break
-    name = cfg.mixture_or_task_name if "mixture_or_task_name" in bound else found.get(
-        "mixture_or_task_name", cfg.mixture_or_task_name)
-    modules = cfg.module_imports if "module_imports" in bound else tuple(found.get(
-        "module_imports", cfg.module_imports))
-    return name, modules
+    cfg = DataConfig()
+    bound = gin.get_bindings("DataConfig")
+    defaults = {"mixture_or_task_name": cfg.mixture_or_task_name,
+                "module_imports": cfg.module_imports,
+                "feature_converter": FEATURES_OF[architecture][0]}
+    value = {k: getattr(cfg, k) if k in bound else found.get(k, defaults[k]) for k in keys}
+    features = value["feature_converter"]
+    if features not in FEATURES_OF[architecture]:
+        source = ("--gin.DataConfig.feature_converter" if "feature_converter" in bound
+                  else where.get("feature_converter", "the default"))
+        raise ConfigError(
+            f"{source}: DataConfig.feature_converter={features!r}, but {path} holds a "
+            f"T5Config.architecture={architecture!r} model, which reads "
+            f"{FEATURES_OF[architecture]}; bind --gin.DataConfig.feature_converter to the "
+            "features it was trained on")
+    return TrainedOn(value["mixture_or_task_name"], tuple(value["module_imports"]), features)
 
 
 def _scalar(value: Any) -> float:

@@ -2,7 +2,8 @@
 
 A checkpoint is a flan-jax model dir, a Hugging Face T5 dir (its `spiece.model` is used
 when present) or a training `model_dir` (its exported `model/`). Inputs are batched with a
-fixed batch size and length, so the decoder compiles once.
+fixed batch size and length, so the decoder compiles once. `flan-jax infer` prompts a model
+as it trained (`evaluate.trained_data`: a prefix LM's with `prefix=True`).
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def load(checkpoint: str | Path, vocab: str | None = None):
 
 def generate(model, vocabulary, texts: Sequence[str], *, max_input_len: int = 256,
              max_decode_len: int = 64, batch_size: int = 8, method: str = "greedy",
-             **decode_kwargs: Any) -> list[str]:
-    """Decoded outputs for `texts`, in order."""
+             prefix: bool = False, **decode_kwargs: Any) -> list[str]:
+    """Decoded outputs for `texts`, in order. `prefix`: the model trained as a prefix LM
+    (`TrainedOn.prefix_lm`), so its prompt is seen bidirectionally; `decode_kwargs`: the
+    method's options (`DecodeConfig.generate_kwargs`)."""
     from flan_jax.decode import decode
 
     out: list[str] = []
@@ -95,7 +98,7 @@ def generate(model, vocabulary, texts: Sequence[str], *, max_input_len: int = 25
             ids = [*vocabulary.encode(text)][:max_input_len - 1] + [vocabulary.eos_id]
             tokens[i, :len(ids)] = ids
         result = decode(model, tokens, method=method, max_decode_len=max_decode_len,
-                        **decode_kwargs)
+                        prefix=prefix, **decode_kwargs)
         rows = np.asarray(result.tokens)
         if rows.ndim == 3:  # beam search: [b, num_return, len] -> the best
             rows = rows[:, 0]

@@ -2,7 +2,8 @@
 
     model_dir/
       config.gin            the operative gin config of the run (what it was trained with)
-      model/                the final model as a flan-jax dir (`flan-jax infer` reads it)
+      model/                the final model as a flan-jax dir (`flan-jax infer` reads it),
+                            with trained_on.json: its mixture and feature converter
       checkpoints/<step>/   orbax: train state + data position (resume is exact)
       train/                TensorBoard events + metrics.jsonl (loss, accuracy, lr, ...)
       eval/                 TensorBoard events + metrics.jsonl + step_<N>.json per eval
@@ -222,7 +223,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             ckpt.wait()
             if step > start or need_export:
                 kill_point("before_export")  # (tests: a real SIGKILL after the checkpoint)
-                _export(model_dir / "model", cfg, state.params)
+                _export(model_dir / "model", cfg, state.params, data_cfg)
     finally:
         watchdog.close()
         reader.close()  # release workers / the tf.data iterator before exit (can hang)
@@ -324,22 +325,25 @@ def _check_finite(fetched: list[tuple[int, dict[str, Any]]], ckpt: Checkpointer,
             f"bind train.on_nonfinite='skip' to drop such updates.")
 
 
-def _export(path: Path, cfg: T5Config, params: Any) -> None:
-    """The final model as a flan-jax dir, written by process 0 (every process must call)."""
-    from flan_jax.model.io import save_pretrained
+def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -> None:
+    """The final model as a flan-jax dir with `eval_lib.TRAINED_ON` (what it trained on, so
+    `flan-jax infer` / `eval` prompt it as it trained), written by process 0 in one atomic
+    rename (every process must call)."""
     if jax.process_count() == 1:
-        save_pretrained(path, cfg, jax.device_get(params), overwrite=True)
+        _save_model_dir_alone(path, cfg, jax.device_get(params), data)
         return
     from jax.experimental import multihost_utils
     host = multihost_utils.process_allgather(params, tiled=True)  # params may span hosts
     if jax.process_index() == 0:
-        _save_model_dir_alone(path, cfg, host)
+        _save_model_dir_alone(path, cfg, host, data)
     multihost_utils.sync_global_devices("flan_jax.train.export")
 
 
-def _save_model_dir_alone(path: Path, cfg: T5Config, host_params: Any) -> None:
-    """`save_pretrained` from process 0 of several: orbax's default checkpointer waits at
-    barriers for every process, so this one is told that process 0 is the only one saving."""
+def _save_model_dir_alone(path: Path, cfg: T5Config, host_params: Any,
+                          data: data_lib.DataConfig) -> None:
+    """`save_pretrained`'s directory plus the TRAINED_ON record, from this process alone:
+    orbax's default checkpointer waits at barriers for every process, so this one is told
+    that process 0 is the only one saving."""
     import json
 
     import orbax.checkpoint as ocp
@@ -352,3 +356,5 @@ def _save_model_dir_alone(path: Path, cfg: T5Config, host_params: Any) -> None:
             json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
         with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
             ckptr.save((tmp / "params").absolute(), host_params)
+        eval_lib.write_trained_on(tmp, data)
+        kill_point("during_export")  # (tests: a real SIGKILL before the rename)
