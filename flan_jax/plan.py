@@ -3,7 +3,8 @@
 Params, optimizer state and gradients are exact byte counts of the shapes `jax.eval_shape`
 gives, each leaf divided as the logical-axis rules shard it on an `AbstractMesh` of the
 requested size; activations are a rough count of what the backward pass keeps per layer
-(so a mesh can be chosen for, e.g., flan-t5-xxl on a v4-64 before renting one).
+of each stack the architecture runs (`stacks`), so a mesh can be chosen for, e.g.,
+flan-t5-xxl on a v4-64 before renting one.
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ GiB = 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)
+class Stack:
+    """One stack of layers as the model runs it: `length` tokens per row, each attention of
+    a layer over `kv_lengths` keys (self-attention first; a second is cross-attention)."""
+
+    name: str
+    layers: int
+    length: int
+    kv_lengths: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class MemoryPlan:
     """Bytes per device (the most loaded one) for each part of the train state."""
 
+    architecture: str  # T5Config.architecture
+    stacks: list[Stack]  # what the activations count
     mesh: dict[str, int]
     num_slices: int
     param_count: int
@@ -72,6 +86,8 @@ def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRu
     batch_ways = _ways(batch_axes, mesh)
     per_device = batch_size / batch_ways / microbatches
     return MemoryPlan(
+        architecture=cfg.architecture,
+        stacks=stacks(cfg, input_len, target_len),
         mesh=dict(zip(parallel.MESH_AXES, shape)), num_slices=num_slices,
         param_count=sum(int(x.size) for x in jax.tree.leaves(abstract_params)),
         param_bytes_total=sum(int(x.size) * x.dtype.itemsize
@@ -83,38 +99,82 @@ def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRu
         batch_per_device=per_device, replicated_params=replicated)
 
 
+def stacks(cfg: T5Config, input_len: int, target_len: int) -> list[Stack]:
+    """The stacks `cfg.architecture` runs on a batch of `input_len` + `target_len` features,
+    the last one feeding the logits.
+
+    An encoder-decoder encodes the inputs and decodes the targets with cross-attention; a
+    decoder-only model runs `num_decoder_layers` over the concatenated inputs + targets
+    (`num_encoder_layers` unused); a semi-causal model adds `num_encoder_layers` encoder
+    layers, which run over that whole stream too (`SemiCausal` masks them to the inputs'
+    spans rather than gathering the spans), and no cross-attention.
+    """
+    if cfg.architecture == "encoder_decoder":
+        return [Stack("encoder", cfg.num_encoder_layers, input_len, (input_len,)),
+                Stack("decoder", cfg.num_decoder_layers, target_len, (target_len, input_len))]
+    n = input_len + target_len
+    decoder = Stack("decoder", cfg.num_decoder_layers, n, (n,))
+    if cfg.architecture == "decoder_only":
+        return [decoder]
+    if cfg.architecture == "semi_causal":
+        return [Stack("encoder", cfg.num_encoder_layers, n, (n,)), decoder]
+    raise ValueError(f"plan: no activation count for T5Config.architecture="
+                     f"{cfg.architecture!r}; add its stacks to flan_jax.plan.stacks")
+
+
 def activation_bytes(cfg: T5Config, batch: float, input_len: int, target_len: int,
                      model_ways: int = 1) -> int:
     """Rough bytes the backward pass keeps for `batch` rows on one device.
 
-    Per layer and token: about 10 d_model-wide tensors (norms, q/k/v/o, residuals), the
-    feed-forward's 2 (3 gated) d_ff-wide ones and the attention probabilities; the decoder
-    adds cross-attention. `remat="full"` keeps only each layer's input plus one layer's
-    working set, "dots" keeps the matmul outputs (about half). Logits and their gradient
-    are f32. heads / d_ff / vocab divide over the `model` axis.
+    Per layer and token of each of `stacks`: about 10 d_model-wide tensors (norms, q/k/v/o,
+    residuals), the feed-forward's 2 (3 gated) d_ff-wide ones and the attention
+    probabilities; a cross-attention adds its q/k/v/o and probabilities. `remat="full"`
+    keeps only each layer's input plus one layer's working set, "dots" keeps the matmul
+    outputs (about half). A semi-causal model's connector adds its output (linear) or one
+    attention over the stream (pooled). Logits and their gradient are f32, over the last
+    stack's tokens. heads / d_ff / vocab divide over the `model` axis.
     """
     act = np.dtype(cfg.dtype).itemsize
     ff = cfg.d_ff * (3 if cfg.gated else 2) / model_ways
     heads = cfg.num_heads / model_ways
     inner = cfg.inner_dim / model_ways
 
-    def layer(tokens, q_len, kv_lens):
+    def layer(s: Stack) -> float:
+        tokens = batch * s.length
         wide = tokens * (6 * cfg.d_model + 4 * inner + ff)
-        attn = sum(batch * heads * q_len * kv * 2 for kv in kv_lens)  # scores + probs
+        wide += tokens * 4 * inner * (len(s.kv_lengths) - 1)  # cross-attention's q/k/v/o
+        attn = sum(batch * heads * s.length * kv * 2 for kv in s.kv_lengths)  # scores + probs
         return (wide + attn) * act
 
-    enc_tokens, dec_tokens = batch * input_len, batch * target_len
-    enc = layer(enc_tokens, input_len, [input_len])
-    dec = layer(dec_tokens, target_len, [target_len, input_len]) + dec_tokens * 4 * inner * act
-    logits = dec_tokens * cfg.vocab_size / model_ways * 4 * 2
+    parts = stacks(cfg, input_len, target_len)
+    logits = batch * parts[-1].length * cfg.vocab_size / model_ways * 4 * 2
     if cfg.remat == "full":
-        kept = (cfg.num_encoder_layers * enc_tokens + cfg.num_decoder_layers * dec_tokens) \
-            * cfg.d_model * act
-        per_layer = kept + max(enc, dec)
+        kept = sum(s.layers * batch * s.length for s in parts) * cfg.d_model * act
+        per_layer = kept + max(layer(s) for s in parts)
     else:
         share = 0.5 if cfg.remat == "dots" else 1.0
-        per_layer = share * (cfg.num_encoder_layers * enc + cfg.num_decoder_layers * dec)
-    return int(per_layer + logits)
+        per_layer = share * sum(s.layers * layer(s) for s in parts)
+    return int(per_layer + logits + _connector_bytes(cfg, batch, parts[-1].length, heads,
+                                                     inner, act))
+
+
+def describe(cfg: T5Config, parts: list[Stack]) -> str:
+    """The architecture and its `stacks` in words, e.g. "decoder-only: 4 decoder layers over
+    320 tokens (inputs + targets), no encoder, no cross-attention"."""
+    by_name = {s.name: s for s in parts}
+    dec = by_name["decoder"]
+    if cfg.architecture == "encoder_decoder":
+        enc = by_name["encoder"]
+        return (f"encoder-decoder: {enc.layers} encoder layers over {enc.length} input tokens, "
+                f"{dec.layers} decoder layers over {dec.length} target tokens with "
+                "cross-attention")
+    over = f"{dec.layers} decoder layers over {dec.length} tokens (inputs + targets)"
+    if cfg.architecture == "decoder_only":
+        return f"decoder-only: {over}, no encoder, no cross-attention"
+    enc = by_name["encoder"]
+    return (f"semi-causal: {enc.layers} bidirectional encoder layers on the inputs' spans "
+            f"(computed over all {enc.length} tokens), a {cfg.connector} connector, {over}, "
+            "no cross-attention")
 
 
 def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = None) -> str:
@@ -128,8 +188,9 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
              f"{p.batch_per_device:g} rows/device, remat={cfg.remat}, {cfg.dtype}"),
             ("total", p.total, "")]
     lines = [f"model: {p.param_count / 1e6:,.1f}M params ({_gib(p.param_bytes_total)} in "
-             f"{cfg.param_dtype}), {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
-             f"d_model={cfg.d_model}, d_ff={cfg.d_ff}, heads={cfg.num_heads}",
+             f"{cfg.param_dtype}), d_model={cfg.d_model}, d_ff={cfg.d_ff}, "
+             f"heads={cfg.num_heads}",
+             f"       {describe(cfg, p.stacks)}",
              f"mesh:  {mesh} ({devices} devices{slices})",
              "per device (the most loaded):"]
     for name, value, note in rows:
@@ -144,6 +205,17 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
         lines.append(f"note: {len(p.replicated_params)} large param(s) are replicated (the "
                      f"mesh does not divide them): {', '.join(p.replicated_params[:3])}")
     return "\n".join(lines)
+
+
+def _connector_bytes(cfg: T5Config, batch: float, length: int, heads: float, inner: float,
+                     act: int) -> float:
+    """A semi-causal model's connector, once per step (not a layer: never rematerialized)."""
+    if cfg.architecture != "semi_causal":
+        return 0.0
+    tokens = batch * length
+    if cfg.connector == "linear":
+        return tokens * cfg.d_model * act
+    return (tokens * (2 * cfg.d_model + 4 * inner) + batch * heads * length * length * 2) * act
 
 
 def _gib(n: float) -> str:

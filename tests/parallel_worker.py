@@ -2,13 +2,14 @@
 starts, so the multi-device checks run here with forced CPU devices and print JSON.
 
     python -m tests.parallel_worker meshes                  # 8 devices, one process
+    python -m tests.parallel_worker train SPEC_JSON         # 8 devices: train steps per run
     python -m tests.parallel_worker multiprocess PORT I N   # process I of N, 2 devices each
 """
 
 import os
 import sys
 
-_DEVICES = 8 if sys.argv[1] == "meshes" else 2
+_DEVICES = 8 if sys.argv[1] in ("meshes", "train") else 2
 os.environ["JAX_PLATFORMS"] = "cpu"
 # LLVM optimization level 0 cuts CPU compile times by half or more; the single-device
 # reference is compiled the same way, so the comparison is unaffected.
@@ -16,6 +17,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" --xla_force_host_platform_device_count={_DEVICES}"
                            + " --xla_backend_optimization_level=0")
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 
@@ -159,6 +161,75 @@ def _optimizer_check(opt, params, sharded, grads, shardings, ref_updates) -> dic
     }
 
 
+def train(spec: dict) -> dict:
+    """`spec["steps"]` train steps of each run in `spec["runs"]` ({name: {"files": gin files,
+    "bindings": [...]}}), built as `flan-jax train` builds them (`setup_run`: the model,
+    optimizer, loss, schedule and rules gin describes; the step jitted with the loop's
+    shardings), on 1 device and on each of `spec["meshes"]`, from the same initial state and
+    batches (random examples packed by the DataConfig's feature converter). -> per run and
+    mesh: the losses, and how far the params' total update is from 1 device's."""
+    import gin
+
+    from flan_jax import gin_utils
+    from flan_jax.train.setup import setup_run
+    from flan_jax.train.step import TrainState, init_state, train_step
+
+    out = {}
+    for name, run_spec in spec["runs"].items():
+        gin.clear_config()
+        gin_utils.parse(run_spec["files"], run_spec["bindings"], finalize=False)
+        run = setup_run(import_modules=False)
+        cfg, data = run.model_cfg, run.data
+        batches = [_packed_rows(data, cfg.vocab_size, seed) for seed in range(spec["steps"])]
+        # One initial state for every mesh, made on one device and placed on each.
+        initial = jax.device_get(jax.jit(lambda: init_state(
+            params_of(create_model(cfg, seed=0)), run.optimizer))())
+        abstract_params = run.abstract_params
+        abstract_opt = jax.eval_shape(run.optimizer.init, abstract_params)
+        step = functools.partial(train_step, graphdef=nnx.graphdef(run.abstract_model),
+                                 optimizer=run.optimizer, loss_cfg=run.loss,
+                                 schedule=run.schedule)
+        result = out[name] = {"architecture": cfg.architecture,
+                              "feature_converter": data.feature_converter,
+                              "features": sorted(batches[0]), "meshes": {}}
+        start, ref_update = flat(initial.params), None
+        for mesh_name in ["one_device", *spec["meshes"]]:
+            mesh = (par.make_mesh(par.MeshConfig(data=1), devices=jax.devices()[:1])
+                    if mesh_name == "one_device" else par.make_mesh(MESHES[mesh_name]))
+            p_shard = par.param_shardings(abstract_params, run.param_axes, run.rules, mesh)
+            rep = par.replicated(mesh)
+            state_shard = TrainState(step=rep, params=p_shard, opt_state=(
+                par.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)))
+            step_fn = jax.jit(step, in_shardings=(state_shard, par.batch_sharding(
+                mesh, run.rules)), out_shardings=(state_shard, rep), donate_argnums=0)
+            state, losses = jax.device_put(initial, state_shard), []
+            for batch in batches:
+                state, metrics = step_fn(state, par.global_batch(batch, mesh, run.rules))
+                losses.append(float(metrics["loss"]))
+            update = {k: v - start[k] for k, v in flat(jax.device_get(state.params)).items()}
+            ref_update = update if ref_update is None else ref_update
+            result["meshes"][mesh_name] = {
+                "mesh": dict(mesh.shape), "losses": losses,
+                "update_norm": float(np.sqrt(sum(np.sum(v ** 2) for v in update.values()))),
+                "update_rel": max(rel_err(update[k], ref_update[k]) for k in ref_update)}
+    gin.clear_config()
+    return out
+
+
+def _packed_rows(data, vocab: int, seed: int) -> dict:
+    """A batch of random (inputs, targets) examples packed as DataConfig `data` packs them
+    (segment ids, positions, prefix / encoded-span marks: the reader's feature writer)."""
+    from flan_jax.data.reader.packing import pack
+
+    rng, rows, lengths = np.random.default_rng(seed), data.batch_size, data.task_feature_lengths
+    examples = [(list(rng.integers(2, vocab, rng.integers(3, lengths["inputs"] // 2))),
+                 list(rng.integers(2, vocab, rng.integers(2, lengths["targets"] // 2))))
+                for _ in range(8 * rows)]
+    features = pack(examples, lengths["inputs"], lengths["targets"], data.feature_converter)
+    assert len(features["decoder_target_tokens"]) >= rows
+    return {k: v[:rows] for k, v in features.items()}
+
+
 def multiprocess(port: int, process_id: int, num_processes: int) -> dict:
     """Each process feeds its own rows; the sharded result must see the whole global batch."""
     jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
@@ -192,6 +263,8 @@ def _spec_str(entry):
 if __name__ == "__main__":
     if sys.argv[1] == "meshes":
         result = meshes()
+    elif sys.argv[1] == "train":
+        result = train(json.loads(sys.argv[2]))
     else:
         result = multiprocess(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     print("RESULT " + json.dumps(result))

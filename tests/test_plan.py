@@ -1,5 +1,6 @@
 """`flan-jax plan` numbers: param bytes from a hand count of the preset, FSDP divides them,
-Adafactor's factored state is far smaller than AdamW's, activations follow the batch."""
+Adafactor's factored state is far smaller than AdamW's, activations follow the batch and the
+architecture's stacks (a decoder-only model: one stack over inputs + targets)."""
 
 import json
 import math
@@ -10,8 +11,9 @@ import optax
 import pytest
 
 from flan_jax import parallel
-from flan_jax.model import get_config
-from flan_jax.plan import activation_bytes, plan
+from flan_jax.model import T5Config, get_config
+from flan_jax.plan import Stack, activation_bytes, format_plan, plan
+from tests.train.test_architectures import ARCHS
 
 RULES = parallel.DEFAULT_RULES
 
@@ -21,9 +23,18 @@ def hand_count(cfg):
     d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff
     enc_layer = 4 * d * inner + 3 * d * ff + 2 * d  # q k v o, wi_0 wi_1 wo, 2 norms
     dec_layer = 8 * d * inner + 3 * d * ff + 3 * d  # + cross-attention, 3 norms
-    relpos = 2 * cfg.relative_attention_num_buckets * cfg.num_heads
-    return (2 * cfg.vocab_size * d + cfg.num_encoder_layers * enc_layer
-            + cfg.num_decoder_layers * dec_layer + relpos + 2 * d)
+    relpos = cfg.relative_attention_num_buckets * cfg.num_heads  # one table per stack
+    head = 2 * cfg.vocab_size * d  # embedding, logits
+    # A decoder-only stack is made of encoder layers (self-attention only) + a final norm.
+    decoder_only = head + cfg.num_decoder_layers * enc_layer + relpos + d
+    if cfg.architecture == "decoder_only":
+        return decoder_only
+    encoder = cfg.num_encoder_layers * enc_layer + relpos + d
+    if cfg.architecture == "semi_causal":
+        connector = (d * d if cfg.connector == "linear"  # a projection, or k queries + attention
+                     else cfg.connector_tokens * d + 4 * d * inner)
+        return decoder_only + encoder + connector
+    return head + encoder + cfg.num_decoder_layers * dec_layer + relpos + d
 
 
 def _plan(cfg, mesh, devices, optimizer="adafactor", batch=32, **kw):
@@ -145,3 +156,102 @@ def test_plan_command_counts_the_t5x_shaped_state():
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = get_config("t5_1_1-small")
     assert json.loads(proc.stdout)["optimizer"] == adafactor_state_bytes(param_shapes(cfg))
+
+
+# --- decoder-only architectures ---------------------------------------------------------------
+
+# vocab 32, d_model 8, 2 heads x 4 (inner 8), gated d_ff 16 (3 x 16 = 48 wide), 3 + 3 layers.
+MINI = T5Config(vocab_size=32, d_model=8, num_heads=2, head_dim=4, d_ff=16,
+                num_encoder_layers=3, num_decoder_layers=3)
+
+
+def test_decoder_only_activations_match_a_hand_count():
+    """2 rows of 6 inputs + 4 targets, f32 (4 bytes), per layer: (6 d_model + 4 inner + 48)
+    = 128 wide values per token, and 2 heads x q_len x kv_len x 2 attention values."""
+    enc_dec = activation_bytes(MINI, 2, 6, 4)
+    # encoder: 12 tokens x 128 + 2 x 2 x 6 x 6 x 2 = 1824 values; decoder: 8 tokens x (128
+    # + 4 x 8 cross q/k/v/o) + 2 x 2 x 4 x (4 + 6) x 2 = 1600; logits 8 x 32 x (f32 + grad).
+    assert enc_dec == 4 * (3 * 1824 + 3 * 1600) + 8 * 32 * 8 == 43_136
+    # decoder-only: 3 layers over the 10 concatenated tokens, no encoder, no cross-attention:
+    # 20 tokens x 128 + 2 x 2 x 10 x 10 x 2 = 3360 values a layer; logits over all 20 tokens.
+    only = MINI.replace(architecture="decoder_only")
+    assert activation_bytes(only, 2, 6, 4) == 4 * 3 * 3360 + 20 * 32 * 8 == 45_440
+    # remat="full": each layer's input (20 x d_model) kept, plus one layer's working set.
+    assert activation_bytes(only.replace(remat="full"), 2, 6, 4) == (
+        4 * (3 * 20 * 8 + 3360) + 20 * 32 * 8)
+    # model=2 halves the heads, the inner and d_ff widths and the logits, not d_model.
+    assert activation_bytes(only, 2, 6, 4, model_ways=2) == (
+        4 * 3 * (20 * (48 + 16 + 24) + 2 * 1 * 10 * 10 * 2) + 20 * 16 * 8)
+    if "semi_causal" in ARCHS:  # + 3 encoder layers over the same stream, a linear connector
+        semi = MINI.replace(architecture="semi_causal")
+        assert activation_bytes(semi, 2, 6, 4) == 45_440 + 4 * 3 * 3360 + 4 * 20 * 8
+
+
+def test_decoder_only_params_are_the_models_own_shapes():
+    """No encoder, no cross-attention: fewer params than the encoder-decoder of as many
+    decoder layers, by exactly those; optimizer state and gradients follow the params."""
+    mesh = parallel.MeshConfig(data=1)
+    enc_dec, only = (_plan(get_config("tiny", architecture=a), mesh, 1)
+                     for a in ("encoder_decoder", "decoder_only"))
+    cfg = get_config("tiny")
+    d, inner = cfg.d_model, cfg.inner_dim
+    encoder = cfg.num_encoder_layers * (4 * d * inner + 3 * d * cfg.d_ff + 2 * d) + d
+    cross = cfg.num_decoder_layers * (4 * d * inner + d)  # q k v o + its norm, per layer
+    relpos = cfg.relative_attention_num_buckets * cfg.num_heads
+    assert enc_dec.param_count - only.param_count == encoder + cross + relpos
+    assert only.param_count == hand_count(cfg.replace(architecture="decoder_only"))
+    assert only.params == only.gradients == 4 * only.param_count
+    assert only.optimizer < enc_dec.optimizer
+    assert only.architecture == "decoder_only"
+    assert [(s.name, s.layers, s.length) for s in only.stacks] == [("decoder", 2, 320)]
+
+
+def test_the_printed_plan_names_the_architecture_and_its_stacks():
+    mesh = parallel.MeshConfig(data=1)
+    text = {a: format_plan(_plan(get_config("tiny", architecture=a), mesh, 1),
+                           get_config("tiny", architecture=a))
+            for a in ("encoder_decoder", "decoder_only")}
+    assert ("encoder-decoder: 2 encoder layers over 256 input tokens, 2 decoder layers over "
+            "64 target tokens with cross-attention") in text["encoder_decoder"]
+    assert ("decoder-only: 2 decoder layers over 320 tokens (inputs + targets), no encoder, "
+            "no cross-attention") in text["decoder_only"]
+
+
+def _gin_run(files):
+    """The run `files` describe, parsed and set up here as `flan-jax plan` does it."""
+    import gin
+
+    from flan_jax import gin_utils
+    from flan_jax.train.setup import setup_run
+    gin.clear_config()
+    try:
+        gin_utils.parse(files, [], finalize=False)
+        return setup_run(import_modules=False)
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_plan_of_each_decoder_only_arch_file(arch):
+    run = _gin_run(["runs/demo.gin", f"arch/{arch}.gin"])
+    cfg, lengths = run.model_cfg, run.data.task_feature_lengths
+    p = plan(cfg, run.mesh, run.rules, run.optimizer, run.optimizer_name, devices=1,
+             batch_size=run.data.batch_size, input_len=lengths["inputs"],
+             target_len=lengths["targets"], model=run.abstract_model)
+    assert cfg.architecture != "encoder_decoder" and p.architecture == cfg.architecture
+    assert p.param_count == hand_count(cfg)
+    n = lengths["inputs"] + lengths["targets"]
+    assert p.stacks[-1] == Stack("decoder", cfg.num_decoder_layers, n, (n,))  # no cross-attn
+    assert p.activations == activation_bytes(cfg, run.data.batch_size, lengths["inputs"],
+                                             lengths["targets"])
+
+
+def test_plan_command_for_a_decoder_only_model():
+    proc = subprocess.run(
+        [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/demo.gin",
+         "--gin_file=arch/decoder_only.gin", "--devices", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("decoder-only: 2 decoder layers over 320 tokens (inputs + targets), no encoder, "
+            "no cross-attention") in proc.stdout
+    assert "model: 0.5M params" in proc.stdout and "activations (rough)" in proc.stdout
