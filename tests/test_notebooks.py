@@ -59,6 +59,10 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("FLAN_JAX_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("FLAN_JAX_NOTEBOOK_OUT", str(out))
+    # 03 trains METALM's semi-causal model here (its arch file, beam search from a prefill):
+    # the notebook's code is the same for every architecture, and the encoder-decoder it
+    # defaults to trains and decodes through that code throughout the rest of the suite.
+    monkeypatch.setenv("FLAN_JAX_NOTEBOOK_ARCH", "semi_causal")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
