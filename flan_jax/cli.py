@@ -28,8 +28,18 @@ def _convert(args: argparse.Namespace) -> int:
     overrides = {"param_dtype": args.dtype} if args.dtype else {}
     cfg, params = load_pretrained(args.src, **overrides)
     n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-    save = save_hf_checkpoint if to == "hf" else save_pretrained
-    save(args.dst, cfg, params, overwrite=args.overwrite)
+    if to == "hf":
+        save_hf_checkpoint(args.dst, cfg, params, overwrite=args.overwrite)
+    else:  # what the model trained on travels with it (a prefix LM stays one)
+        from flan_jax.train.evaluate import TRAINED_ON
+        record = Path(args.src) / TRAINED_ON
+        keep = record if record.is_file() else None
+
+        def copy_record(tmp: Path) -> None:
+            (tmp / TRAINED_ON).write_bytes(keep.read_bytes())
+
+        save_pretrained(args.dst, cfg, params, overwrite=args.overwrite,
+                        extra=copy_record if keep else None)
     print(f"wrote {to} model ({n:,} parameters, {cfg.feed_forward}, "
           f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers) to {args.dst}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,26 @@ def is_flan_jax_dir(path: str | os.PathLike[str]) -> bool:
 
 
 def save_pretrained(path: str | os.PathLike[str], cfg: T5Config, params: Params, *,
-                    overwrite: bool = False) -> Path:
-    """Writes a flan-jax model directory atomically."""
+                    overwrite: bool = False, alone: bool = False,
+                    extra: Callable[[Path], Any] | None = None) -> Path:
+    """Writes a flan-jax model directory atomically (config.json + orbax params/).
+
+    `alone`: only this process saves (process 0 of several, host params gathered): orbax's
+    default checkpointer would wait at barriers for every process. `extra(tmp)` writes more
+    files into the directory before its one rename (train's `trained_on.json`).
+    """
+    options = {}
+    if alone:
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})
     with atomic_directory(path, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(
             json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
         arrays = jax.tree.map(np.asarray, params)
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer(**options) as ckptr:
             ckptr.save((tmp / "params").absolute(), arrays)
+        if extra is not None:
+            extra(tmp)
         kill_point("during_export")  # (tests: a real SIGKILL before the rename)
     return Path(path)
 

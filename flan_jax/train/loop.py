@@ -329,32 +329,16 @@ def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -
     """The final model as a flan-jax dir with `eval_lib.TRAINED_ON` (what it trained on, so
     `flan-jax infer` / `eval` prompt it as it trained), written by process 0 in one atomic
     rename (every process must call)."""
+    from flan_jax.model.io import save_pretrained
+
+    def record(tmp: Path) -> None:
+        eval_lib.write_trained_on(tmp, data)
+
     if jax.process_count() == 1:
-        _save_model_dir_alone(path, cfg, jax.device_get(params), data)
+        save_pretrained(path, cfg, jax.device_get(params), overwrite=True, extra=record)
         return
     from jax.experimental import multihost_utils
     host = multihost_utils.process_allgather(params, tiled=True)  # params may span hosts
     if jax.process_index() == 0:
-        _save_model_dir_alone(path, cfg, host, data)
+        save_pretrained(path, cfg, host, overwrite=True, alone=True, extra=record)
     multihost_utils.sync_global_devices("flan_jax.train.export")
-
-
-def _save_model_dir_alone(path: Path, cfg: T5Config, host_params: Any,
-                          data: data_lib.DataConfig) -> None:
-    """`save_pretrained`'s directory plus the TRAINED_ON record, from this process alone:
-    orbax's default checkpointer waits at barriers for every process, so this one is told
-    that process 0 is the only one saving."""
-    import json
-
-    import orbax.checkpoint as ocp
-
-    from flan_jax.model.convert import atomic_directory
-    from flan_jax.model.io import FORMAT
-    alone = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
-    with atomic_directory(path, overwrite=True) as tmp:
-        (tmp / "config.json").write_text(
-            json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
-        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
-            ckptr.save((tmp / "params").absolute(), host_params)
-        eval_lib.write_trained_on(tmp, data)
-        kill_point("during_export")  # (tests: a real SIGKILL before the rename)

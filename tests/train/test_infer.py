@@ -6,11 +6,9 @@ DataConfig.feature_converter overrides them all."""
 import json
 
 import gin
-import numpy as np
 import pytest
 
 from flan_jax import cli
-from flan_jax import decode as dec
 from flan_jax.errors import ConfigError
 from flan_jax.model import create_model, get_config, params_of
 from flan_jax.train import evaluate, loop
@@ -23,7 +21,7 @@ def prefix_lm_run(tmp_path_factory):
     """A run dir whose model/ export (train's own helper) is a tiny prefix LM's."""
     run = tmp_path_factory.mktemp("prefix") / "run"
     cfg = get_config("tiny", architecture="decoder_only")  # the shipped vocabulary's size
-    data = DataConfig(mixture_or_task_name="synth_arithmetic:zs_noopt",
+    data = DataConfig(mixture_or_task_name="synth_parity:zs_opt",
                       feature_converter="prefix_lm")
     loop._export(run / "model", cfg, params_of(create_model(cfg, seed=0)), data)
     return run
@@ -39,54 +37,46 @@ def bind_features():
     gin.clear_config()
 
 
-def _spy_on_decode(monkeypatch):
-    """Records each decode's `prefix`; decodes nothing (tests/test_decode.py checks that)."""
-    seen = []
-
-    def decode(model, tokens, *, max_decode_len, prefix, **kwargs):
-        seen.append(prefix)
-        b = tokens.shape[0]
-        return dec.DecodeResult(np.zeros((b, max_decode_len), np.int32),
-                                np.zeros((b,), np.int32), None)
-
-    monkeypatch.setattr(dec, "decode", decode)
-    return seen
-
-
 def test_the_export_records_its_features_and_infer_decodes_a_prefix_lm_as_one(
-        prefix_lm_run, monkeypatch, bind_features, capsys):
+        prefix_lm_run, bind_features, capsys):
+    """`flan-jax infer` prints what `generate` gives with prefix=True (which differs from
+    causal decoding for this model and prompt), and the causal one under gin's override."""
+    from flan_jax.train import infer
+
     model_dir = prefix_lm_run / "model"
     assert json.loads((model_dir / TRAINED_ON).read_text()) == {
-        "mixture_or_task_name": "synth_arithmetic:zs_noopt", "module_imports": ["mixtures"],
+        "mixture_or_task_name": "synth_parity:zs_opt", "module_imports": ["mixtures"],
         "feature_converter": "prefix_lm"}
-    want = TrainedOn("synth_arithmetic:zs_noopt", ("mixtures",), "prefix_lm")
+    want = TrainedOn("synth_parity:zs_opt", ("mixtures",), "prefix_lm")
     assert trained_data(model_dir, "decoder_only") == want  # the export itself
     assert trained_data(prefix_lm_run, "decoder_only") == want  # its run dir
-    seen = _spy_on_decode(monkeypatch)
-    argv = ["infer", "--checkpoint", str(prefix_lm_run), "--input", "2 + 3 =", "--method",
-            "greedy", "--max_input_len", "8", "--max_decode_len", "2", "--batch_size", "1"]
+    text = "Is 12 even or odd? Answer with one word, please, and think first."
+    model, vocabulary = infer.load(prefix_lm_run)
+    options = dict(max_input_len=24, max_decode_len=6, batch_size=1, method="greedy")
+    bidirectional, causal = (infer.generate(model, vocabulary, [text], prefix=p, **options)[0]
+                             for p in (True, False))
+    assert bidirectional != causal  # (else this test could not tell them apart)
+    argv = ["infer", "--checkpoint", str(prefix_lm_run), "--input", text, "--method",
+            "greedy", "--max_input_len", "24", "--max_decode_len", "6", "--batch_size", "1"]
     assert cli._infer(cli.build_parser().parse_args(argv)) == 0
+    assert capsys.readouterr().out == f"> {text}\n{bidirectional}\n\n"
     bind_features("decoder")  # the user's override: decode it causally
     assert cli._infer(cli.build_parser().parse_args(argv)) == 0
-    assert seen == [True, False]
-    assert capsys.readouterr().out.count("> 2 + 3 =") == 2
+    assert capsys.readouterr().out == f"> {text}\n{causal}\n\n"
 
 
 def test_eval_of_a_checkpoint_prompts_and_scores_with_its_features(prefix_lm_run,
-                                                                     monkeypatch, capsys):
-    built = []
-
-    class Evaluator:  # records how `flan-jax eval` builds it; evaluates nothing
-        def __init__(self, cfg, trained, modules, feature_converter="enc_dec"):
-            built.append((trained, modules, feature_converter))
-
-        def __call__(self, model, step=None):
-            return {}
-
-    monkeypatch.setattr(evaluate, "Evaluator", Evaluator)
+                                                                     bind_features, capsys):
+    """The real evaluator on the run's options task: greedy decodes and rank classification
+    with the decoder-only features (enc-dec ones made a decoder-only model fail)."""
+    with gin.unlock_config():
+        gin.bind_parameter("EvalConfig.num_examples", 4)
+        gin.bind_parameter("EvalConfig.batch_size", 4)
+        gin.bind_parameter("EvalConfig.task_feature_lengths", {"inputs": 96, "targets": 8})
     args = cli.build_parser().parse_args(["eval", "--checkpoint", str(prefix_lm_run)])
     assert cli._eval(args) == 0
-    assert built == [("synth_arithmetic:zs_noopt", ("mixtures",), "prefix_lm")]
+    out = capsys.readouterr().out
+    assert "synth_parity:zs_opt" in out and "(rank classification" in out
 
 
 def test_older_exports_read_the_runs_config_gin_and_bare_dirs_their_architectures(
@@ -115,3 +105,15 @@ def test_older_exports_read_the_runs_config_gin_and_bare_dirs_their_architecture
                        r"T5Config.architecture='encoder_decoder' model, which reads "
                        r"\('enc_dec',\)"):
         trained_data(bare, "encoder_decoder")
+
+
+def test_converting_a_model_dir_keeps_what_it_trained_on(prefix_lm_run, tmp_path):
+    """`flan-jax convert` to another flan-jax dir (a dtype cast, say) carries the record, so
+    the copy is still prompted as a prefix LM."""
+    dst = tmp_path / "bf16"
+    argv = ["convert", str(prefix_lm_run / "model"), str(dst), "--to", "flan-jax",
+            "--dtype", "bfloat16"]
+    assert cli.main(argv) == 0
+    assert json.loads((dst / "config.json").read_text())["param_dtype"] == "bfloat16"
+    assert (dst / TRAINED_ON).read_bytes() == (prefix_lm_run / "model" / TRAINED_ON).read_bytes()
+    assert trained_data(dst, "decoder_only").prefix_lm
