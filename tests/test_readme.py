@@ -51,8 +51,7 @@ def _own_task_dir(tmp_path):
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
-# (arch/decoder_only.gin is prefix_lm.gin's model on other features: tests/train/test_loop.py)
-@pytest.mark.parametrize("arch", ["prefix_lm", "semi_causal"])
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "semi_causal"])
 def test_own_task_trains_every_architecture_with_its_gin_file(tmp_path, arch):
     """The README's train command on the user's JSONL task plus `--gin_file=arch/*.gin`
     (2 steps), then its infer command on the run: the model is that architecture's."""

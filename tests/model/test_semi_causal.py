@@ -171,3 +171,15 @@ def test_params_have_axes_and_the_abstract_model_matches(connector):
     extra = {"encoder_layers", "encoder_relpos", "encoder_norm"} | (
         {"connector"} if connector == "linear" else {"connector_queries", "connector_pool"})
     assert extra <= set(flat_params)
+
+
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_the_kernel_backend_gives_xlas_logits(connector):
+    """Encoder over span ids, pooling, and a decoder whose keys differ from its queries (the
+    pooled connector hides positions): the Pallas kernel (interpret mode) agrees with xla."""
+    cfg, model = tiny_model(connector)
+    kernel = create_model(cfg.replace(attention_backend="pallas_interpret"), seed=5)
+    batch = packed()
+    live = np.asarray(batch["decoder_segment_ids"]) > 0
+    want, got = np.asarray(run(model, batch)), np.asarray(run(kernel, batch))
+    np.testing.assert_allclose(got[live], want[live], atol=2e-5, rtol=1e-5)
