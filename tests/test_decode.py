@@ -259,7 +259,12 @@ def test_large_beam_finds_the_exhaustive_best(tiny, batch, alpha):
     # 240 expansions of step 2 all rank within the top 256: the search is exhaustive.
     got = beam_search(model, batch[:2], beam_size=256, max_decode_len=max_len,
                       length_penalty=alpha, num_return=n_best)
-    for row, cands in enumerate(_exhaustive(model, batch[:2], max_len)):
+    _assert_exhaustive_best(got, model, batch[:2], max_len, alpha, n_best)
+
+
+def _assert_exhaustive_best(got, model, enc, max_len, alpha, n_best):
+    """Each row's `n_best` hypotheses, lengths and scores are an exhaustive search's."""
+    for row, cands in enumerate(_exhaustive(model, enc, max_len)):
         ranked = sorted(cands.items(), key=lambda kv: -kv[1][0] / kv[1][1] ** alpha)[:n_best]
         want = np.zeros((n_best, max_len), np.int32)
         for i, (seq, _) in enumerate(ranked):
@@ -445,14 +450,7 @@ def test_decoder_only_large_beam_finds_the_exhaustive_best(tiny_lm, batch):
                       length_penalty=alpha, num_return=n_best)
     small = beam_search(tiny_lm, enc, beam_size=2, max_decode_len=max_len,
                         length_penalty=alpha, num_return=2)
-    for row, cands in enumerate(_exhaustive(tiny_lm, enc, max_len)):
-        ranked = sorted(cands.items(), key=lambda kv: -kv[1][0] / kv[1][1] ** alpha)[:n_best]
-        want = np.zeros((n_best, max_len), np.int32)
-        for i, (seq, _) in enumerate(ranked):
-            want[i, : len(seq)] = seq
-        np.testing.assert_array_equal(got.tokens[row], want)
-        np.testing.assert_array_equal(got.lengths[row], [cands[s][1] for s, _ in ranked])
-        np.testing.assert_allclose(got.scores[row],
-                                   [lp / n**alpha for _, (lp, n) in ranked], atol=1e-4)
+    _assert_exhaustive_best(got, tiny_lm, enc, max_len, alpha, n_best)
+    for row in range(len(enc)):
         assert np.all(np.diff(np.asarray(small.scores[row])) <= 0)
         assert small.scores[row, 0] <= got.scores[row, 0] + 1e-6
