@@ -65,14 +65,9 @@ def test_data_pipeline_benchmark_reports_packed_unpacked_and_python(tmp_path):
 
 
 def test_data_pipeline_counts_one_example_per_segment():
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("data_pipeline",
-                                                  ROOT / "bench" / "data_pipeline.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("data_pipeline")
     segments = np.array([[1, 1, 2, 2, 2, 0], [1, 2, 3, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     assert bench.count_segments(segments) == 2 + 3 + 1
 
@@ -183,3 +178,58 @@ def test_restore_memory_benchmark_reports_scratch_and_both_finetunes(tmp_path):
     for mode in ("scratch", "hf", "flan-jax"):  # every run finished its model dir
         assert (tmp_path / "w" / f"run-{mode}" / "model" / "config.json").exists()
     assert "| hf |" in proc.stdout and "vs scratch" in proc.stdout
+
+
+def _bench_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architectures_matches_parameters_and_reports_and_plots(tmp_path):
+    """bench/architectures.py's parts that need no training: each architecture's layer
+    count lands closest to the encoder-decoder's parameters, the table and the plot."""
+    bench = _bench_module("architectures")
+    base = bench.demo_config([])
+    layers = bench.matched_layers(base, semi_encoder_layers=1)
+    target = layers["enc_dec"]["params"]
+    assert layers["enc_dec"]["params"] == bench.count_params(base)
+    for name in ("decoder", "prefix_lm", "semi_causal"):
+        n, enc = layers[name]["num_decoder_layers"], layers[name]["num_encoder_layers"]
+        arch = bench.ARCHS[name][1]
+        gaps = [abs(bench.count_params(base.replace(architecture=arch, num_decoder_layers=m,
+                                                    num_encoder_layers=enc)) - target)
+                for m in (n - 1, n, n + 1) if m >= 1]
+        assert abs(layers[name]["params"] - target) == min(gaps), name
+    assert layers["semi_causal"]["num_encoder_layers"] == 1
+    fake = {"steps": 3, "batch": 2, "eval_examples": 4, "d_model": base.d_model, "archs": {
+        name: {**layers[name], "train_seconds": 1.0,
+               "accuracy": {g: {"accuracy": 10.0 * i, "rank_accuracy": 50.0, "tasks": 2}
+                            for g in bench.GROUPS},
+               "eval_loss": {g: 2.0 + i for g in bench.GROUPS}}
+        for i, name in enumerate(bench.ARCHS)}}
+    table = bench.report(fake)
+    assert "| semi_causal | 1+" in table and "| 30.0% | 50.0% |" in table
+    png = tmp_path / "arch.png"
+    bench.plot(fake, png)
+    assert png.stat().st_size > 5_000
+
+
+def test_architectures_eval_loss_scores_a_model_on_its_own_features(tmp_path):
+    """The teacher-forced loss of an exported tiny model on each group, with its features."""
+    import math
+
+    from flan_jax.model import create_model, get_config, params_of
+    from flan_jax.model.io import save_pretrained
+
+    bench = _bench_module("architectures")
+    cfg = get_config("tiny", architecture="semi_causal", num_encoder_layers=1)
+    save_pretrained(tmp_path / "model", cfg, params_of(create_model(cfg, seed=0)))
+    loss = bench.eval_loss(tmp_path / "model", "semi_causal", {"inputs": 64, "targets": 16},
+                           batches=1, batch_size=2)
+    assert set(loss) == set(bench.GROUPS)
+    # an untrained model: about the log of the vocabulary (512) per target token
+    assert all(0.5 * math.log(512) < v < 2 * math.log(512) for v in loss.values()), loss
