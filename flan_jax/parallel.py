@@ -46,6 +46,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("relpos_buckets", None),
     ("layers", None),
     ("connector_tokens", None),
+    ("lora_rank", None),  # LoRA adapters (model.lora): rank is small, the other dim shards
 )
 
 logger = logging.getLogger(__name__)

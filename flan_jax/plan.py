@@ -2,7 +2,8 @@
 
 Params, optimizer state and gradients are exact byte counts of the shapes `jax.eval_shape`
 gives, each leaf divided as the logical-axis rules shard it on an `AbstractMesh` of the
-requested size; activations are a rough count of what the backward pass keeps per layer
+requested size (a LoRA run: optimizer state and gradients of its adapters only, the base
+counted as frozen params); activations are a rough count of what the backward pass keeps per layer
 of each stack the architecture runs (`stacks`), so a mesh can be chosen for, e.g.,
 flan-t5-xxl on a v4-64 before renting one.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -19,6 +20,9 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from flan_jax import parallel
 from flan_jax.model.config import T5Config
+
+if TYPE_CHECKING:
+    from flan_jax.model.lora import LoraConfig
 
 GiB = 1024 ** 3
 
@@ -42,7 +46,7 @@ class MemoryPlan:
     stacks: list[Stack]  # what the activations count
     mesh: dict[str, int]
     num_slices: int
-    param_count: int
+    param_count: int  # every param (a LoRA run: base + adapters)
     param_bytes_total: int
     params: int
     optimizer: int
@@ -51,6 +55,8 @@ class MemoryPlan:
     optimizer_name: str
     batch_per_device: float
     replicated_params: list[str]
+    trainable_param_count: int = 0  # what gets gradients and optimizer state
+    peft: str = ""  # e.g. "LoRA rank 8 (alpha 16) on q, v in the encoder and decoder"
 
     @property
     def total(self) -> int:
@@ -63,25 +69,32 @@ class MemoryPlan:
 def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRules,
          optimizer, optimizer_name: str, *, devices: int, num_slices: int = 1,
          batch_size: int, input_len: int, target_len: int, microbatches: int = 1,
-         model: Any = None) -> MemoryPlan:
+         model: Any = None, lora: LoraConfig | None = None) -> MemoryPlan:
     """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`.
 
-    Build `optimizer` as the run does (`make_optimizer(param_axes=...)`): Adafactor's state
-    depends on the shapes it sees each param in. `model`: `abstract_model(cfg)` if the
-    caller has it already (building it takes seconds for the largest presets)."""
-    from flan_jax.model.params import abstract_model, param_axes, params_of
+    Build `optimizer` as the run does (`make_optimizer(param_axes=...)`, of the trained
+    params): Adafactor's state depends on the shapes it sees each param in. `model`: the
+    run's abstract model if the caller has it already (building it takes seconds for the
+    largest presets; with LoRA adapters, only they train). `lora`: adapters to add to the
+    model this builds (ignored with `model`: the run's has them already)."""
+    from flan_jax.model.lora import LoraConfig, abstract_lora_model, split_axes, split_params
 
     shape = mesh_cfg.shape(devices, num_slices)
     mesh = AbstractMesh(shape, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
-    model = abstract_model(cfg) if model is None else model
-    abstract_params = params_of(model)
-    p_shard = parallel.param_shardings(abstract_params, param_axes(model), rules, mesh)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-    o_shard = parallel.optimizer_state_shardings(abstract_opt, abstract_params, p_shard)
+    if model is None:
+        model = abstract_lora_model(cfg, lora or LoraConfig())
+    (base, adapters), (base_axes, adapter_axes) = split_params(model), split_axes(model)
+    b_shard = parallel.param_shardings(base, base_axes, rules, mesh)
+    a_shard = parallel.param_shardings(adapters, adapter_axes, rules, mesh)
+    trained, t_shard = (adapters, a_shard) if adapters else (base, b_shard)
+    abstract_opt = jax.eval_shape(optimizer.init, trained)
+    o_shard = parallel.optimizer_state_shardings(abstract_opt, trained, t_shard)
 
-    params = _sharded_bytes(abstract_params, p_shard, mesh)
-    replicated = [path for path, leaf, sh in _flat(abstract_params, p_shard)
+    params = _sharded_bytes(base, b_shard, mesh) + _sharded_bytes(adapters, a_shard, mesh)
+    replicated = [path for tree, shardings in ((base, b_shard), (adapters, a_shard))
+                  for path, leaf, sh in _flat(tree, shardings)
                   if leaf.size >= 1 << 16 and not any(sh.spec)]
+    every = jax.tree.leaves((base, adapters))
     batch_axes = parallel.batch_sharding(mesh, rules).spec[0]
     batch_ways = _ways(batch_axes, mesh)
     per_device = batch_size / batch_ways / microbatches
@@ -89,14 +102,15 @@ def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRu
         architecture=cfg.architecture,
         stacks=stacks(cfg, input_len, target_len),
         mesh=dict(zip(parallel.MESH_AXES, shape)), num_slices=num_slices,
-        param_count=sum(int(x.size) for x in jax.tree.leaves(abstract_params)),
-        param_bytes_total=sum(int(x.size) * x.dtype.itemsize
-                              for x in jax.tree.leaves(abstract_params)),
+        param_count=sum(int(x.size) for x in every),
+        param_bytes_total=sum(int(x.size) * x.dtype.itemsize for x in every),
         params=params, optimizer=_sharded_bytes(abstract_opt, o_shard, mesh),
-        gradients=params, optimizer_name=optimizer_name,
+        gradients=_sharded_bytes(trained, t_shard, mesh), optimizer_name=optimizer_name,
         activations=activation_bytes(cfg, per_device, input_len, target_len,
                                      model_ways=dict(zip(parallel.MESH_AXES, shape))["model"]),
-        batch_per_device=per_device, replicated_params=replicated)
+        batch_per_device=per_device, replicated_params=replicated,
+        trainable_param_count=sum(int(x.size) for x in jax.tree.leaves(trained)),
+        peft=_describe_adapters(adapters, lora))
 
 
 def stacks(cfg: T5Config, input_len: int, target_len: int) -> list[Stack]:
@@ -181,9 +195,11 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
     mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
     devices = math.prod(p.mesh.values())
     slices = f" in {p.num_slices} slices" if p.num_slices > 1 else ""
-    rows = [("params", p.params, f"{cfg.param_dtype}"),
-            ("optimizer state", p.optimizer, p.optimizer_name),
-            ("gradients", p.gradients, "as params"),
+    frozen = p.trainable_param_count < p.param_count
+    rows = [("params", p.params, f"{cfg.param_dtype}" + (", base frozen" if frozen else "")),
+            ("optimizer state", p.optimizer,
+             p.optimizer_name + (", adapters only" if frozen else "")),
+            ("gradients", p.gradients, "adapters only" if frozen else "as params"),
             ("activations (rough)", p.activations,
              f"{p.batch_per_device:g} rows/device, remat={cfg.remat}, {cfg.dtype}"),
             ("total", p.total, "")]
@@ -191,6 +207,9 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
              f"{cfg.param_dtype}), d_model={cfg.d_model}, d_ff={cfg.d_ff}, "
              f"heads={cfg.num_heads}",
              f"       {describe(cfg, p.stacks)}",
+             *([f"train: {p.trainable_param_count:,} params "
+                f"({100 * p.trainable_param_count / p.param_count:.2f}%), {p.peft}"]
+               if p.peft else []),
              f"mesh:  {mesh} ({devices} devices{slices})",
              "per device (the most loaded):"]
     for name, value, note in rows:
@@ -205,6 +224,17 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
         lines.append(f"note: {len(p.replicated_params)} large param(s) are replicated (the "
                      f"mesh does not divide them): {', '.join(p.replicated_params[:3])}")
     return "\n".join(lines)
+
+
+def _describe_adapters(adapters: Any, lora: LoraConfig | None) -> str:
+    """"" without adapters; `lora` in words, or what the adapters themselves show."""
+    if not adapters:
+        return ""
+    if lora is not None and lora.enabled:
+        return lora.describe()
+    flat = jax.tree_util.tree_flatten_with_path(adapters)[0]
+    ranks = sorted({leaf.shape[-1] for path, leaf in flat if path[-1].key == "lora_a"})
+    return f"LoRA rank {', '.join(map(str, ranks))} on {len(flat) // 2} projections"
 
 
 def _connector_bytes(cfg: T5Config, batch: float, length: int, heads: float, inner: float,

@@ -255,3 +255,30 @@ def test_plan_command_for_a_decoder_only_model():
     assert ("decoder-only: 2 decoder layers over 320 tokens (inputs + targets), no encoder, "
             "no cross-attention") in proc.stdout
     assert "model: 0.5M params" in proc.stdout and "activations (rough)" in proc.stdout
+
+
+# --- LoRA -------------------------------------------------------------------------------------
+
+
+def test_a_lora_run_plans_optimizer_state_and_gradients_for_its_adapters_only():
+    """flan-t5-small with peft/lora.gin (rank 8 on q and v of its 8 + 8 x 2 attentions):
+    A [512, 8] + B [8, 6 heads, 64] per projection, by hand; AdamW's two moments of those;
+    every weight still counted as params."""
+    run = _gin_run(["models/flan_t5_small.gin", "peft/lora.gin"])
+    cfg = run.model_cfg
+    assert run.lora.rank == 8 and run.optimizer_name == "adamw"
+    p = plan(cfg, parallel.MeshConfig(data=1), RULES, run.optimizer, run.optimizer_name,
+             devices=1, batch_size=8, input_len=64, target_len=16, model=run.abstract_model)
+    adapters = (8 + 2 * 8) * 2 * 8 * (cfg.d_model + cfg.inner_dim)
+    assert p.trainable_param_count == adapters == 344_064
+    assert p.param_count == hand_count(cfg) + adapters
+    assert p.params == 4 * p.param_count and p.gradients == 4 * adapters
+    assert abs(p.optimizer - 2 * p.gradients) < 1024  # mu, nu (+ step counts)
+    full = _plan(cfg, parallel.MeshConfig(data=1), 1, optimizer="adamw")
+    assert full.trainable_param_count == full.param_count and full.peft == ""
+    text = format_plan(p, cfg)
+    assert "train: 344,064 params (0.45%), LoRA rank 8 on 48 projections" in text
+    assert "adapters only" in text
+    direct = _plan(cfg, parallel.MeshConfig(data=1), 1, optimizer="adamw", lora=run.lora)
+    assert direct.trainable_param_count == adapters
+    assert direct.peft == "LoRA rank 8 (alpha 16) on q, v in the encoder and decoder"

@@ -28,7 +28,7 @@ from flax import nnx
 from flan_jax.kernels import flash_attention
 from flan_jax.kernels.common import MASK_VALUE
 from flan_jax.model.config import T5Config
-from flan_jax.model.layers import (RelativePositionBias, dropout, param,
+from flan_jax.model.layers import (RelativePositionBias, adapted, dropout, param,
                                    relative_position_bucket)
 
 BACKENDS = ("auto", "xla", "pallas", "pallas_interpret", "pallas_tpu_interpret")
@@ -235,23 +235,26 @@ class Attention(nnx.Module):
         self.o = param(rngs, normal((h * d) ** -0.5), (h, d, e), pd, ("heads", "kv", "embed"))
         self.dtype = cfg.jnp_dtype
         self.rate = cfg.dropout_rate
+        self.lora = None  # LoRA adapters by projection name (`lora.apply_lora`)
 
-    def project_kv(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def project_kv(self, source: jax.Array,
+                   rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
         """[b, lk, embed] -> k, v [b, lk, h, d]; the cross-attention cache holds these."""
         dt = self.dtype
         k = jnp.einsum("ble,ehd->blhd", source, self.k[...].astype(dt))
         v = jnp.einsum("ble,ehd->blhd", source, self.v[...].astype(dt))
-        return k, v
+        return adapted(self, "k", source, k, rngs), adapted(self, "v", source, v, rngs)
 
     def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs,
                rngs: nnx.Rngs | None = None) -> jax.Array:
         """Queries from x [b, lq, embed] against given keys / values -> [b, lq, embed]."""
         dt = self.dtype
-        q = jnp.einsum("ble,ehd->blhd", x, self.q[...].astype(dt))
+        q = adapted(self, "q", x, jnp.einsum("ble,ehd->blhd", x, self.q[...].astype(dt)), rngs)
         out = dot_product_attention(q, k, v, inputs, dropout_rate=self.rate, rngs=rngs)
-        return jnp.einsum("blhd,hde->ble", out, self.o[...].astype(dt))
+        return adapted(self, "o", out, jnp.einsum("blhd,hde->ble", out,
+                                                  self.o[...].astype(dt)), rngs)
 
     def __call__(self, x: jax.Array, source: jax.Array, inputs: AttentionInputs,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
-        k, v = self.project_kv(source)
+        k, v = self.project_kv(source, rngs)
         return self.attend(x, k, v, inputs, rngs)

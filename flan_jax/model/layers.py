@@ -39,12 +39,22 @@ def shapes_only():
 
 
 def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], dtype: jnp.dtype,
-          axes: tuple[str, ...]) -> nnx.Param:
-    """A parameter tagged with its logical axis names (one per dimension)."""
+          axes: tuple[str, ...], kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
+    """A parameter tagged with its logical axis names (one per dimension); `kind`: a
+    subclass such as `nnx.LoRAParam` (LoRA adapters, `flan_jax.model.lora`)."""
     assert len(axes) == len(shape), (shape, axes)
     if _SHAPES_ONLY.get():
-        return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype), logical_axes=axes)
-    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+        return kind(jax.ShapeDtypeStruct(tuple(shape), dtype), logical_axes=axes)
+    return kind(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+def adapted(module: nnx.Module, name: str, x: jax.Array, y: jax.Array,
+            rngs: nnx.Rngs | None) -> jax.Array:
+    """`y` = x times the module's projection `name`, plus that projection's LoRA update
+    where `lora.apply_lora` gave it one (`module.lora`, None without LoRA: then `y` itself)."""
+    if module.lora is None or name not in module.lora:
+        return y
+    return y + module.lora[name](x, rngs).astype(y.dtype)
 
 
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
@@ -104,16 +114,18 @@ class MLP(nnx.Module):
             self.wi = param(rngs, init_in, shape_in, pd, ("embed", "mlp"))
         self.wo = param(rngs, init_out, shape_out, pd, ("mlp", "embed"))
         self.rate = cfg.dropout_rate
+        self.lora = None  # LoRA adapters by projection name (`lora.apply_lora`)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         dt = self.dtype
         if self.gated:
-            h = jax.nn.gelu(x @ self.wi_0[...].astype(dt), approximate=True)
-            h = h * (x @ self.wi_1[...].astype(dt))
+            h = jax.nn.gelu(adapted(self, "wi_0", x, x @ self.wi_0[...].astype(dt), rngs),
+                            approximate=True)
+            h = h * adapted(self, "wi_1", x, x @ self.wi_1[...].astype(dt), rngs)
         else:
-            h = jax.nn.relu(x @ self.wi[...].astype(dt))
+            h = jax.nn.relu(adapted(self, "wi", x, x @ self.wi[...].astype(dt), rngs))
         h = dropout(h, self.rate, rngs)  # [b, l, mlp]
-        return h @ self.wo[...].astype(dt)
+        return adapted(self, "wo", h, h @ self.wo[...].astype(dt), rngs)
 
 
 def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,

@@ -60,7 +60,7 @@ class DecoderLayer(nnx.Module):
                  cross_inputs: AttentionInputs, rngs: nnx.Rngs | None = None) -> jax.Array:
         h = self.self_attn_norm(x)
         x = x + dropout(self.self_attn(h, h, self_inputs, rngs), self.rate, rngs)
-        cross_k, cross_v = self.cross_attn.project_kv(encoded)
+        cross_k, cross_v = self.cross_attn.project_kv(encoded, rngs)
         return self._rest(x, cross_k, cross_v, cross_inputs, rngs)
 
     def step(self, x: jax.Array, layer_cache: Cache, index: jax.Array,

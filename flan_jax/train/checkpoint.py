@@ -68,14 +68,17 @@ DAMAGED_SUFFIX = ".damaged"
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A checkpoint's arrays have other shapes than the state being restored.
+    """A checkpoint's arrays have other shapes or names than the state being restored.
 
     `mismatches`: (path, stored shape, expected shape) for every differing array; paths as
-    "opt_state/0/v/encoder/..."."""
+    "opt_state/0/v/encoder/...". `missing`: the state's paths the checkpoint lacks;
+    `unexpected`: the checkpoint's paths the state lacks (e.g. a LoRA run's adapters)."""
 
-    def __init__(self, message: str, mismatches: list[tuple[str, tuple, tuple]]) -> None:
+    def __init__(self, message: str, mismatches: list[tuple[str, tuple, tuple]], *,
+                 missing: list[str] = (), unexpected: list[str] = ()) -> None:
         super().__init__(message)
         self.mismatches = mismatches
+        self.missing, self.unexpected = list(missing), list(unexpected)
 
 
 class Checkpointer:
@@ -318,9 +321,9 @@ class Checkpointer:
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         """Raises CheckpointMismatchError if `step` stores an array under the same name as
-        the state's but of another shape: written by another model or optimizer setup, so
-        not damage (no older step is tried, nothing is moved). Unreadable metadata is left
-        to the restore to report."""
+        the state's but of another shape, or other arrays' names than the state's: written
+        by another model or optimizer setup, so not damage (no older step is tried, nothing
+        is moved). Unreadable metadata is left to the restore to report."""
         try:
             handler = ocp.StandardCheckpointHandler()
             try:
@@ -333,17 +336,27 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 (orbax/tensorstore raise many types)
             return
         mismatches = []
-        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-            name = path_str(path)
-            if name in stored_shapes and stored_shapes[name] != tuple(leaf.shape):
-                mismatches.append((name, stored_shapes[name], tuple(leaf.shape)))
-        if mismatches:
-            shown = "; ".join(f"{name}: stored {have}, this run's {want}"
-                              for name, have, want in mismatches[:3])
-            more = f" (and {len(mismatches) - 3} more)" if len(mismatches) > 3 else ""
+        wanted = {path_str(path): tuple(leaf.shape) for path, leaf
+                  in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        for name, want in wanted.items():
+            if name in stored_shapes and stored_shapes[name] != want:
+                mismatches.append((name, stored_shapes[name], want))
+        missing = sorted(set(wanted) - set(stored_shapes))
+        unexpected = sorted(set(stored_shapes) - set(wanted))
+        if mismatches or missing or unexpected:
+            parts = [f"{name}: stored {have}, this run's {want}"
+                     for name, have, want in mismatches[:3]]
+            if len(mismatches) > 3:
+                parts[-1] += f" (and {len(mismatches) - 3} more)"
+            for names, what in ((missing, "of this run's arrays are not stored"),
+                                (unexpected, "stored arrays are not this run's")):
+                if names:
+                    parts.append(f"{len(names)} {what} ({', '.join(names[:2])}"
+                                 f"{', ...' if len(names) > 2 else ''})")
             raise CheckpointMismatchError(
                 f"{self._step_dir(step)}: was written with another model or optimizer setup "
-                f"than this run's (nothing on disk was changed): {shown}{more}", mismatches)
+                f"than this run's (nothing on disk was changed): {'; '.join(parts)}",
+                mismatches, missing=missing, unexpected=unexpected)
 
     def _finish_save(self) -> None:
         """Ends the save of step `self._saving` (over, or waited for): raises its failure,

@@ -4,7 +4,10 @@
       config.gin            the operative gin config of the run (what it was trained with)
       model/                the final model as a flan-jax dir (`flan-jax infer` reads it),
                             with trained_on.json: its mixture and feature converter
-      checkpoints/<step>/   orbax: train state + data position (resume is exact)
+                            (a LoRA run: the base with the adapters merged in)
+      adapters/             a LoRA run's adapters alone (`lora.save_adapters`)
+      checkpoints/<step>/   orbax: train state + data position (resume is exact); a LoRA
+                            run's holds only the adapters and their optimizer state
       train/                TensorBoard events + metrics.jsonl (loss, accuracy, lr, ...)
       eval/                 TensorBoard events + metrics.jsonl + step_<N>.json per eval
 
@@ -34,6 +37,7 @@ from flan_jax.distributed import StepWatchdog
 from flan_jax.errors import ConfigError
 from flan_jax.faults import kill_point
 from flan_jax.model.config import RUN_FIELDS, T5Config
+from flan_jax.model.lora import LoraConfig, adapter_params, merge_lora, save_adapters
 from flan_jax.model.params import create_model, params_of
 from flan_jax.train import data as data_lib
 from flan_jax.train import evaluate as eval_lib
@@ -71,9 +75,11 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     `init_from`: a Hugging Face or flan-jax model directory to finetune: its config gives the
     architecture, gin the run settings (`T5Config` dropout, dtypes, remat, backend); a gin
     binding that would change a shape field is refused; its weights are read straight into
-    their shardings. With `evaluate`, `eval_every=0` evaluates at the start (if
-    `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises NonFiniteLossError,
-    "skip" drops that update.
+    their shardings. With `LoraConfig.rank` > 0 (gin/peft/lora.gin) only LoRA adapters
+    train: `init_from`'s weights stay frozen (read again on resume, never checkpointed), and
+    `model/` is them with the adapters merged in. With `evaluate`, `eval_every=0` evaluates
+    at the start (if `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises
+    NonFiniteLossError, "skip" drops that update.
     `step_timeout`: seconds without a finished step (after the first) before the process exits
     with a StepTimeoutError, so a multi-host run whose peer died stops instead of hanging.
     """
@@ -87,11 +93,16 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     # Everything gin describes is built first, so a bad binding fails before any work.
     run = setup_run(init_from)
     data_cfg, loss_cfg, eval_cfg, cfg = run.data, run.loss, run.eval, run.model_cfg
-    optimizer, schedule, rules = run.optimizer, run.schedule, run.rules
+    optimizer, schedule, rules, lora = run.optimizer, run.schedule, run.rules, run.lora
+    if lora.enabled and init_from is None:
+        raise ConfigError(f"LoraConfig.rank={lora.rank} trains adapters on a base model: set "
+                          "train.init_from to its directory (e.g. --gin_file=runs/finetune.gin)")
     if init_from is not None:
         log.info("finetuning %s (%s, %d+%d layers) with %s", init_from, cfg.feed_forward,
                  cfg.num_encoder_layers, cfg.num_decoder_layers,
                  ", ".join(f"{k}={getattr(cfg, k)!r}" for k in RUN_FIELDS))
+    if lora.enabled:
+        log.info("training %s; the base weights are frozen", lora.describe())
     mesh = parallel.make_mesh(run.mesh)
     graphdef = _graphdef(run.abstract_model)
     abstract_params = run.abstract_params
@@ -105,21 +116,25 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     rep = parallel.replicated(mesh)
     state_shard = TrainState(step=rep, params=p_shard, opt_state=o_shard)
     batch_shard = parallel.batch_sharding(mesh, rules)
+    frozen_shard = None if not lora.enabled else parallel.param_shardings(
+        run.abstract_frozen, run.frozen_axes, rules, mesh)
 
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                           loss_cfg=loss_cfg, schedule=schedule, microbatches=microbatches,
-                          dropout_seed=seed if dropout and cfg.dropout_rate > 0 else None,
+                          dropout_seed=seed if dropout and (cfg.dropout_rate > 0
+                                                            or lora.dropout > 0) else None,
                           skip_nonfinite=on_nonfinite == "skip"),
-        in_shardings=(state_shard, batch_shard), out_shardings=(state_shard, rep),
-        donate_argnums=0)
+        in_shardings=(state_shard, batch_shard, *([frozen_shard] if lora.enabled else [])),
+        out_shardings=(state_shard, rep), donate_argnums=0)
 
     ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
                         keep=keep_checkpoints)
     reader = None
     try:
-        start, state, position = _initial_state(ckpt, cfg, seed, init_from, optimizer,
-                                                state_shard)
+        start, state, position, frozen = _initial_state(ckpt, cfg, seed, init_from, optimizer,
+                                                        state_shard, lora, frozen_shard)
+        frozen_args = () if frozen is None else (frozen,)  # the step's third argument
         # Before the config is written and the step-0 eval: a bad mixture name, a missing
         # file or another saved stream fails here, before any work.
         reader = data_lib.make_reader(data_cfg, saved=position,
@@ -129,7 +144,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         # rerun finishes it.
         final_eval = model_dir / "eval" / f"step_{total_steps}.json"
         need_eval = evaluate and not final_eval.exists()
-        need_export = not (model_dir / "model" / "config.json").exists()
+        need_export = not (model_dir / "model" / "config.json").exists() or (
+            lora.enabled and not (model_dir / "adapters" / "lora_config.json").exists())
         finishing = start == total_steps and (need_eval or need_export)
         # (seqio reads every eval example now: a bad validation row fails here too)
         evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
@@ -167,7 +183,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         if evaluator is None:
             return
         watchdog.pause()
-        model = _merge(graphdef, state.params)
+        model = _merge(graphdef, state.params, frozen)
         results = evaluator(model, step)
         result.evals[step] = results
         eval_writer.write_scalars(step, eval_lib.summary(results))
@@ -187,7 +203,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         while step < total_steps:
             local = next(reader)
             window_tokens += int(np.sum(local["decoder_loss_weights"] > 0)) * jax.process_count()
-            state, metrics = step_fn(state, parallel.global_batch(local, mesh, rules))
+            state, metrics = step_fn(state, parallel.global_batch(local, mesh, rules),
+                                     *frozen_args)
             step += 1
             pending.append((step, metrics))
             stop = ckpt.should_stop(step)
@@ -223,7 +240,14 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             ckpt.wait()
             if step > start or need_export:
                 kill_point("before_export")  # (tests: a real SIGKILL after the checkpoint)
-                _export(model_dir / "model", cfg, state.params, data_cfg)
+                params = state.params
+                if lora.enabled:
+                    _on_process_0(state.params, lambda host, alone: save_adapters(
+                        model_dir / "adapters", lora, host, base=str(init_from),
+                        overwrite=True, alone=alone), "adapters")
+                    params = jax.jit(functools.partial(merge_lora, cfg=lora),
+                                     out_shardings=frozen_shard)(frozen, state.params)
+                _export(model_dir / "model", cfg, params, data_cfg)
     finally:
         watchdog.close()
         reader.close()  # release workers / the tf.data iterator before exit (can hang)
@@ -239,42 +263,56 @@ def _graphdef(abstract):
     return nnx.graphdef(abstract)
 
 
-def _merge(graphdef, params):
+def _merge(graphdef, params, frozen=None):
     from flax import nnx
-    return nnx.merge(graphdef, params)
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, frozen, params)
 
 
 def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_from: str | None,
-                   optimizer, state_shard: TrainState
-                   ) -> tuple[int, TrainState, dict[str, Any] | None]:
-    """(step, state, data position): restored from the latest good checkpoint, else fresh:
-    `init_from`'s weights read straight into their shardings, or initialised from `seed`."""
+                   optimizer, state_shard: TrainState, lora: LoraConfig, frozen_shard: Any
+                   ) -> tuple[int, TrainState, dict[str, Any] | None, Any]:
+    """(step, state, data position, frozen params): restored from the latest good
+    checkpoint, else fresh: `init_from`'s weights read straight into their shardings, or
+    initialised from `seed`. A LoRA run's state is its adapters (fresh: from `seed`, B zero)
+    and its frozen params `init_from`'s, read every time; otherwise nothing is frozen (None)."""
+    from flan_jax.model.io import load_sharded
+    frozen = load_sharded(init_from, cfg, frozen_shard) if lora.enabled else None
+
     def fresh() -> TrainState:
+        if lora.enabled:
+            return init_state(adapter_params(cfg, lora, seed), optimizer)
         return init_state(params_of(create_model(cfg, seed)), optimizer)
 
     if ckpt.latest_step() is None:
-        if init_from is None:
-            return 0, jax.jit(fresh, out_shardings=state_shard)(), None
-        from flan_jax.model.io import load_sharded
+        if init_from is None or lora.enabled:
+            return 0, jax.jit(fresh, out_shardings=state_shard)(), None, frozen
         params = load_sharded(init_from, cfg, state_shard.params)
         opt_state = jax.jit(optimizer.init, out_shardings=state_shard.opt_state)(params)
         step = jax.device_put(np.zeros((), np.int32), state_shard.step)
-        return 0, TrainState(step, params, opt_state), None
+        return 0, TrainState(step, params, opt_state), None, None
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(fresh), state_shard)
     try:
         step, restored, position = ckpt.restore(abstract.as_dict())
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{e}\n{_mismatch_hint(e, ckpt.directory.parent)}",
-                                      e.mismatches) from None
+                                      e.mismatches, missing=e.missing,
+                                      unexpected=e.unexpected) from None
     log.info("resumed from %s at step %d", ckpt.directory / str(step), step)
-    return step, TrainState.from_dict(restored), position
+    return step, TrainState.from_dict(restored), position, frozen
 
 
 def _mismatch_hint(error: CheckpointMismatchError, model_dir: Path) -> str:
     """Which gin setting most likely differs from the run that wrote the checkpoint."""
-    if all(name.startswith("opt_state/") and math.prod(have) == math.prod(want)
-           for name, have, want in error.mismatches):
+    if any("/lora/" in name for name in error.unexpected):
+        return ("It holds a LoRA run's adapters: resume with the LoraConfig bindings of "
+                f"{model_dir / 'config.gin'} (e.g. --gin_file=peft/lora.gin).")
+    if any("/lora/" in name for name in error.missing):
+        return ("This run trains LoRA adapters (LoraConfig.rank > 0) but it holds a full "
+                "run's state: train in a fresh model_dir, or drop the LoRA bindings.")
+    if not error.missing and not error.unexpected and all(
+            name.startswith("opt_state/") and math.prod(have) == math.prod(want)
+            for name, have, want in error.mismatches):
         stored_3d = all(len(have) > len(want) for _, have, want in error.mismatches)
         return ("Only the optimizer state's layout differs: the checkpoint's Adafactor saw "
                 f"attention kernels {'as stored' if stored_3d else 'in t5x 2-D shapes'}. "
@@ -334,11 +372,18 @@ def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -
     def record(tmp: Path) -> None:
         eval_lib.write_trained_on(tmp, data)
 
+    _on_process_0(params, lambda host, alone: save_pretrained(
+        path, cfg, host, overwrite=True, alone=alone, extra=record), "export")
+
+
+def _on_process_0(params: Any, write, what: str) -> None:
+    """`write(host_params, alone)` on process 0, the params gathered from every host first
+    (they may span hosts); every process must call."""
     if jax.process_count() == 1:
-        save_pretrained(path, cfg, jax.device_get(params), overwrite=True, extra=record)
+        write(jax.device_get(params), False)
         return
     from jax.experimental import multihost_utils
-    host = multihost_utils.process_allgather(params, tiled=True)  # params may span hosts
+    host = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        save_pretrained(path, cfg, host, overwrite=True, alone=True, extra=record)
-    multihost_utils.sync_global_devices("flan_jax.train.export")
+        write(host, True)
+    multihost_utils.sync_global_devices(f"flan_jax.train.{what}")

@@ -18,6 +18,7 @@ import optax
 from flan_jax import parallel
 from flan_jax.errors import ConfigError
 from flan_jax.model import gin_config  # (registers T5Config with gin)
+from flan_jax.model import lora as lora_lib
 from flan_jax.model.config import T5Config
 from flan_jax.model.params import abstract_model, param_axes, params_of
 from flan_jax.train import data as data_lib
@@ -37,14 +38,24 @@ class RunSetup:
     rules: parallel.LogicalRules
     schedule: optax.Schedule
     model_cfg: T5Config
-    abstract_model: Any  # shapes and dtypes only (`params.abstract_model`)
-    param_axes: Any  # logical axis names, shaped like the params
-    optimizer: optax.GradientTransformation
+    abstract_model: Any  # shapes and dtypes only (`params.abstract_model`), adapters included
+    param_axes: Any  # logical axis names, shaped like the trained params
+    optimizer: optax.GradientTransformation  # of the trained params
     optimizer_name: str
+    lora: lora_lib.LoraConfig  # rank 0: off, every param trains
+    frozen_axes: Any = None  # a LoRA run's base params' axes (None: nothing is frozen)
 
     @property
     def abstract_params(self) -> Any:
+        """The trained params (a LoRA run's adapters), shapes and dtypes only."""
+        if self.lora.enabled:
+            return lora_lib.split_params(self.abstract_model)[1]
         return params_of(self.abstract_model)
+
+    @property
+    def abstract_frozen(self) -> Any:
+        """A LoRA run's base params (what `train.init_from` gives), or None."""
+        return lora_lib.split_params(self.abstract_model)[0] if self.lora.enabled else None
 
 
 def setup_run(init_from: str | None = None, *, import_modules: bool = True) -> RunSetup:
@@ -62,13 +73,20 @@ def setup_run(init_from: str | None = None, *, import_modules: bool = True) -> R
     schedule = learning_rate_schedule()
     cfg = model_config(init_from)
     _check_features(cfg, data)
-    abstract = abstract_model(cfg)
-    axes = param_axes(abstract)
+    lora = lora_lib.LoraConfig()
+    frozen_axes = None
+    if lora.enabled:
+        abstract = lora_lib.abstract_lora_model(cfg, lora)
+        frozen_axes, axes = lora_lib.split_axes(abstract)
+    else:
+        abstract = abstract_model(cfg)
+        axes = param_axes(abstract)
     optimizer = make_optimizer(schedule=schedule, param_axes=axes)  # Adafactor: t5x's shapes
     return RunSetup(data=data, loss=loss, eval=eval_cfg, mesh=mesh, rules=rules,
                     schedule=schedule, model_cfg=cfg, abstract_model=abstract,
                     param_axes=axes, optimizer=optimizer, optimizer_name=bound(
-                        "make_optimizer.name", "adafactor"))
+                        "make_optimizer.name", "adafactor"), lora=lora,
+                    frozen_axes=frozen_axes)
 
 
 def model_config(init_from: str | None) -> T5Config:

@@ -3,6 +3,8 @@
 The loss is summed over target tokens inside each microbatch and normalized once for the
 whole batch, so gradient accumulation over k microbatches gives the same update as one big
 batch. Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+A parameter-efficient run (LoRA) keeps the base params out of the state: they come in as
+`frozen`, are never differentiated and have no optimizer state.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ NORMALIZATIONS = ("tokens", "constant")
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar
-    params: Params
+    params: Params  # the trained params: all of them, or a LoRA run's adapters
     opt_state: optax.OptState
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,9 +81,11 @@ _DECODER_ONLY_OPTIONAL = ("decoder_segment_ids", "decoder_positions",
                           "decoder_causal_attention", "decoder_encoded_span")
 
 
-def _sums(params: Params, graphdef: nnx.GraphDef, batch: Batch, cfg: LossConfig,
-          dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    model = nnx.merge(graphdef, params)
+def _sums(params: Params, frozen: Params | None, graphdef: nnx.GraphDef, batch: Batch,
+          cfg: LossConfig, dropout_key: jax.Array | None
+          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, frozen,
+                                                                         params)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
     logits = forward(model, batch, rngs)
     targets = batch["decoder_target_tokens"]
@@ -102,7 +106,8 @@ def _split(batch: Batch, k: int) -> Batch:
     return {name: reshape(x) for name, x in batch.items()}
 
 
-def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
+def train_step(state: TrainState, batch: Batch, frozen: Params | None = None, *,
+               graphdef: nnx.GraphDef,
                optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
                schedule: optax.Schedule | None = None, microbatches: int = 1,
                dropout_seed: int | None = None, skip_nonfinite: bool = False
@@ -110,6 +115,9 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
     """One optimizer update from `batch` (accumulated over `microbatches` if > 1).
 
     Pass it to `jax.jit` with the static keyword arguments bound (functools.partial).
+    `frozen`: params the model needs but that are not trained (a LoRA run's base; the
+    graphdef is then the adapted model's): the gradient, the update and `param_norm` cover
+    `state.params` alone.
     `dropout_seed=None` disables dropout (the model's dropout_rate is then unused).
     `skip_nonfinite`: a step whose loss or gradients are not finite leaves params and
     optimizer state as they were (metrics["skipped"] = 1); otherwise the caller stops.
@@ -119,13 +127,13 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
         key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
     grad_fn = jax.grad(_sums, has_aux=True)
     if microbatches == 1:
-        grads, sums = grad_fn(state.params, graphdef, batch, loss_cfg, key)
+        grads, sums = grad_fn(state.params, frozen, graphdef, batch, loss_cfg, key)
     else:
         def body(carry, xs):
             acc_grads, acc_sums = carry
             i, micro = xs
             k = None if key is None else jax.random.fold_in(key, i)
-            g, s = grad_fn(state.params, graphdef, micro, loss_cfg, k)
+            g, s = grad_fn(state.params, frozen, graphdef, micro, loss_cfg, k)
             return (jax.tree.map(jnp.add, acc_grads, g),
                     jax.tree.map(jnp.add, acc_sums, s)), None
 
