@@ -246,7 +246,8 @@ def _plan(args: argparse.Namespace) -> int:
         devices=args.devices, num_slices=args.slices, batch_size=run.data.batch_size,
         input_len=run.data.task_feature_lengths["inputs"],
         target_len=run.data.task_feature_lengths["targets"],
-        microbatches=bound("train.microbatches", 1), model=run.abstract_model)
+        microbatches=bound("train.microbatches", 1), model=run.abstract_model,
+        lora=run.lora if run.lora.enabled else None)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import gin
 import optax
 import pytest
 
@@ -282,3 +283,19 @@ def test_a_lora_run_plans_optimizer_state_and_gradients_for_its_adapters_only():
     direct = _plan(cfg, parallel.MeshConfig(data=1), 1, optimizer="adamw", lora=run.lora)
     assert direct.trainable_param_count == adapters
     assert direct.peft == "LoRA rank 8 (alpha 16) on q, v in the encoder and decoder"
+
+
+def test_plan_command_of_a_lora_run_counts_its_adapters(capsys):
+    """`flan-jax plan ... --gin_file=peft/lora.gin`: the CLI passes the run's LoraConfig."""
+    from flan_jax import cli
+
+    argv = ["plan", "--devices", "1", "--gin_file=runs/train.gin",
+            "--gin_file=models/flan_t5_small.gin", "--gin_file=peft/lora.gin",
+            "--gin.train.model_dir='/tmp/unused'"]
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        gin.clear_config()
+    out = capsys.readouterr().out
+    assert "train: 344,064 params (0.45%), LoRA rank 8 (alpha 16) on q, v" in out
+    assert "adamw, adapters only" in out
