@@ -396,15 +396,22 @@ def test_decoder_only_greedy_continues_the_prompt_as_the_full_forward_does(prefi
     inputs[0, :5] = [5, 9, 12, 7, 1]
     inputs[1, :3] = [8, 3, 1]
     result = greedy_decode(model, jnp.asarray(inputs), max_decode_len=6, prefix=prefix)
+    # One jitted full forward over right-padded rows (causal: padding after a position
+    # changes none of its logits); eager calls of every length took a minute.
+    forward = nnx.jit(lambda m, seq, mask: m(seq, decoder_causal_attention=mask))
+    width = 1 + inputs.shape[1] + 6
     for row in range(2):
         prompt = [0] + [t for t in inputs[row] if t]
         generated = [int(t) for t in np.asarray(result.tokens[row])]
         n = int(result.lengths[row])
+        seqs = np.zeros((6, width), np.int32)  # (one shape for every row: one compile)
+        mask = np.zeros((6, width), np.int32)
         for i in range(n):
-            seq = jnp.asarray([prompt + generated[:i]])
-            mask = jnp.asarray([[1] * len(prompt) + [0] * i]) if prefix else None
-            logits = model(seq, decoder_causal_attention=mask)
-            assert int(jnp.argmax(logits[0, -1])) == generated[i], (row, i)
+            seqs[i, :len(prompt) + i] = prompt + generated[:i]
+            mask[i, :len(prompt)] = 1 if prefix else 0
+        logits = forward(model, jnp.asarray(seqs), jnp.asarray(mask) if prefix else None)
+        for i in range(n):
+            assert int(jnp.argmax(logits[i, len(prompt) + i - 1])) == generated[i], (row, i)
         assert all(t == 0 for t in generated[n:])
 
 
