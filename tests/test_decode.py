@@ -290,13 +290,7 @@ def test_batched_rows_equal_each_row_alone_and_scores_equal_full_forward(tiny, b
         np.testing.assert_array_equal(alone.lengths[0], lengths[row])
         np.testing.assert_allclose(alone.scores[0], scores[row], atol=1e-5)
     # Scores are the full forward's log-probs over the kept tokens, length-penalised.
-    flat_t, flat_n = tokens.reshape(-1, L), lengths.reshape(-1)
-    lp = seq_log_prob(model, np.repeat(batch, k, 0), flat_t, flat_n)
-    np.testing.assert_allclose(scores.reshape(-1), lp / flat_n**alpha, atol=1e-4)
-    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
-    assert np.all(flat_t[np.arange(L)[None] >= flat_n[:, None]] == 0)  # pad after the end
-    ended = flat_n < L
-    assert ended.any() and np.all(flat_t[ended, flat_n[ended] - 1] == 1)
+    _assert_scores_are_the_full_forwards(model, batch, tokens, scores, lengths, alpha, k)
 
 
 @pytest.fixture(scope="module")
@@ -432,18 +426,24 @@ def test_decoder_only_beam_of_one_is_greedy(tiny_lm, batch, prefix):
     assert lengths.min() < L  # EOS-finished rows take part
 
 
-def test_decoder_only_beam_scores_are_the_full_forwards_length_penalised(tiny_lm, batch):
-    alpha, k = 0.6, 4
-    got = beam_search(tiny_lm, batch, beam_size=k, max_decode_len=L, length_penalty=alpha,
-                      num_return=k)
-    tokens, scores, lengths = (np.asarray(a) for a in got)
+def _assert_scores_are_the_full_forwards(model, batch, tokens, scores, lengths, alpha, k):
+    """Each of the k hypotheses per row: its score is the full forward's log-prob of its
+    tokens / length**alpha, best first, padding after its end, EOS ending the finished."""
     flat_t, flat_n = tokens.reshape(-1, L), lengths.reshape(-1)
-    lp = seq_log_prob(tiny_lm, np.repeat(batch, k, 0), flat_t, flat_n)
+    lp = seq_log_prob(model, np.repeat(batch, k, 0), flat_t, flat_n)
     np.testing.assert_allclose(scores.reshape(-1), lp / flat_n**alpha, atol=1e-4)
     assert np.all(np.diff(scores, axis=1) <= 0)  # best first
     assert np.all(flat_t[np.arange(L)[None] >= flat_n[:, None]] == 0)  # pad after the end
     ended = flat_n < L
     assert ended.any() and np.all(flat_t[ended, flat_n[ended] - 1] == 1)
+
+
+def test_decoder_only_beam_scores_are_the_full_forwards_length_penalised(tiny_lm, batch):
+    alpha, k = 0.6, 4
+    got = beam_search(tiny_lm, batch, beam_size=k, max_decode_len=L, length_penalty=alpha,
+                      num_return=k)
+    tokens, scores, lengths = (np.asarray(a) for a in got)
+    _assert_scores_are_the_full_forwards(tiny_lm, batch, tokens, scores, lengths, alpha, k)
 
 
 def test_decoder_only_large_beam_finds_the_exhaustive_best(tiny_lm, batch):
