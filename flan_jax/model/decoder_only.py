@@ -70,10 +70,8 @@ class DecoderOnly(nnx.Module):
         padding can't be told from tokens; trailing padding is causally after every real
         token, so it changes none of their logits). Positions default to 0..l-1.
         """
-        if decoder_segment_ids is None:
-            decoder_segment_ids = jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
-        if decoder_positions is None:
-            decoder_positions = default_positions(decoder_input_tokens)
+        decoder_segment_ids, decoder_positions = segments_and_positions(
+            decoder_input_tokens, decoder_segment_ids, decoder_positions)
         prefix = None if decoder_causal_attention is None else decoder_causal_attention > 0
         return self.run_stack(self.token_embedder(decoder_input_tokens), decoder_segment_ids,
                               decoder_positions, prefix=prefix, rngs=rngs)
@@ -124,14 +122,9 @@ class DecoderOnly(nnx.Module):
         BOS and the inputs), bidirectional over its live tokens; otherwise causal. Row i's
         next token is predicted by logits[i, prompt_lengths[i] - 1]; `decode_step` feeds it.
         """
-        b, lp = prompt_tokens.shape
-        if lp > max_len:
-            raise ValueError(f"prefill: prompt length {lp} > max_len {max_len}")
-        if prompt_lengths is None:
-            live = jnp.ones((b, lp), bool)
-        else:
-            live = jnp.arange(lp)[None, :] < prompt_lengths[:, None]
-        x, cache = self._extend(self.init_cache(b, max_len), prompt_tokens, live, prefix)
+        live = prompt_live(prompt_tokens, max_len, prompt_lengths)
+        x, cache = self._extend(self.init_cache(live.shape[0], max_len), prompt_tokens, live,
+                                prefix)
         return self.logits(x), cache
 
     def decode_step(self, cache: Cache, tokens: jax.Array) -> tuple[jax.Array, Cache]:
@@ -182,6 +175,29 @@ class DecoderOnly(nnx.Module):
             "next_position": cache["next_position"] + live.sum(axis=1, dtype=jnp.int32),
             "segment_ids": kv_segment_ids, "positions": kv_positions,
             "layers": tuple(new_layers)}
+
+
+def segments_and_positions(tokens: jax.Array, segment_ids: jax.Array | None,
+                           positions: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """A decoder-only batch's segment ids (default: every position live) and positions
+    (default: 0..l-1); see `DecoderOnly.__call__`."""
+    if segment_ids is None:
+        segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
+    if positions is None:
+        positions = default_positions(tokens)
+    return segment_ids, positions
+
+
+def prompt_live(prompt_tokens: jax.Array, max_len: int,
+                prompt_lengths: jax.Array | None) -> jax.Array:
+    """bool [b, lp]: a prompt's live tokens (`prompt_lengths` per row, default all), after
+    checking that it fits a cache of `max_len` slots."""
+    b, lp = prompt_tokens.shape
+    if lp > max_len:
+        raise ValueError(f"prefill: prompt length {lp} > max_len {max_len}")
+    if prompt_lengths is None:
+        return jnp.ones((b, lp), bool)
+    return jnp.arange(lp)[None, :] < prompt_lengths[:, None]
 
 
 def _cached_layer(layer: EncoderLayer, x: jax.Array, layer_cache: Cache, index: jax.Array,

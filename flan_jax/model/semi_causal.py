@@ -28,7 +28,7 @@ from flax import nnx
 
 from flan_jax.model.attention import Attention, prepare_attention
 from flan_jax.model.config import T5Config
-from flan_jax.model.decoder_only import DecoderOnly
+from flan_jax.model.decoder_only import DecoderOnly, prompt_live, segments_and_positions
 from flan_jax.model.layers import RelativePositionBias, RMSNorm, dropout, param
 from flan_jax.model.t5 import Cache, EncoderLayer, default_positions, remat, stack_backend
 
@@ -81,10 +81,8 @@ class SemiCausal(DecoderOnly):
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         """int [b, l] -> f32 logits [b, l, vocab]; without `decoder_encoded_span`, the causal
         decoder alone. Defaults as `DecoderOnly.__call__`."""
-        if decoder_segment_ids is None:
-            decoder_segment_ids = jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
-        if decoder_positions is None:
-            decoder_positions = default_positions(decoder_input_tokens)
+        decoder_segment_ids, decoder_positions = segments_and_positions(
+            decoder_input_tokens, decoder_segment_ids, decoder_positions)
         if decoder_encoded_span is None:
             decoder_encoded_span = jnp.zeros_like(decoder_input_tokens)
         x, visible = self.embed_with_spans(decoder_input_tokens, decoder_encoded_span,
@@ -135,12 +133,9 @@ class SemiCausal(DecoderOnly):
         live token after the first, as the "semi_causal" features mark them); `prefix` has
         no meaning here (the decoder is causal; the encoder sees the span whole)."""
         del prefix
-        b, lp = prompt_tokens.shape
-        if lp > max_len:
-            raise ValueError(f"prefill: prompt length {lp} > max_len {max_len}")
-        lengths = jnp.full((b,), lp, jnp.int32) if prompt_lengths is None else prompt_lengths
+        live = prompt_live(prompt_tokens, max_len, prompt_lengths)
+        b, lp = live.shape
         index = jnp.arange(lp)[None, :]
-        live = index < lengths[:, None]
         x, visible = self.embed_with_spans(
             prompt_tokens, (live & (index >= 1)).astype(jnp.int32), live.astype(jnp.int32),
             default_positions(prompt_tokens))
