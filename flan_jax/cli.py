@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flan_jax import distributed
-from flan_jax.errors import CheckpointError
+from flan_jax.errors import CheckpointError, ConfigError
 
 _RULE = "-" * 72
 
@@ -21,11 +21,20 @@ def _convert(args: argparse.Namespace) -> int:
     from flan_jax.atomic import check_destination
     from flan_jax.model.convert import save_hf_checkpoint
     from flan_jax.model.io import is_flan_jax_dir, load_pretrained, save_pretrained
+    from flan_jax.model.peft_format import (ADAPTER_FORMATS, convert_adapters,
+                                            is_adapters_dir, is_peft_dir)
 
     check_destination(args.dst, overwrite=args.overwrite)  # before reading the model
-    to = args.to or ("hf" if is_flan_jax_dir(args.src) else "flan-jax")
     # Both loaders cast the parameters to the config's param_dtype.
     overrides = {"param_dtype": args.dtype} if args.dtype else {}
+    if is_peft_dir(args.src) or is_adapters_dir(args.src):
+        print(convert_adapters(args.src, args.dst, base=args.base, to=args.to, merge=args.merge,
+                               base_name=args.base_name, overwrite=args.overwrite, **overrides))
+        return 0
+    if args.merge or args.base or args.to in ADAPTER_FORMATS:
+        raise ConfigError(f"{args.src} is a model dir; --merge, --base and --to peft/adapters "
+                          "take an adapters dir as SRC (e.g. a LoRA run's model_dir/adapters)")
+    to = args.to or ("hf" if is_flan_jax_dir(args.src) else "flan-jax")
     cfg, params = load_pretrained(args.src, **overrides)
     n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     if to == "hf":
@@ -309,14 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Convert a Hugging Face T5 / Flan-T5 / t5-v1_1 directory (config.json + "
             "model.safetensors or a sharded index) into a flan-jax directory (config.json + "
-            "orbax params/), or back. The direction follows SRC unless --to is given. The "
+            "orbax params/), or back. LoRA adapters (a LoRA run's model_dir/adapters, or a "
+            "Hugging Face PEFT dir: adapter_config.json + adapter_model.safetensors) convert "
+            "between the two layouts, or with --merge fold into their base model and write a "
+            "plain model dir. The direction follows SRC unless --to is given. The "
             "output is written to a temporary directory and renamed into place, so an "
             "existing DST is never left half-written."))
     convert.add_argument("src", help="Hugging Face or flan-jax model directory to read")
     convert.add_argument("dst", help="directory to write (must be absent or empty unless "
                          "--overwrite)")
-    convert.add_argument("--to", choices=("hf", "flan-jax"),
-                         help="output format (default: the other format than SRC's)")
+    convert.add_argument("--to", choices=("hf", "flan-jax", "peft", "adapters"),
+                         help="output format: hf / flan-jax for a model (and --merge), peft "
+                         "/ adapters (flan-jax's) for adapters (default: the other format "
+                         "than SRC's; with --merge, the base's)")
+    convert.add_argument("--merge", action="store_true",
+                         help="SRC is adapters: write the base with them merged in "
+                         "(W + alpha / r * A @ B), a plain model dir")
+    convert.add_argument("--base", help="SRC is adapters: the model dir (HF or flan-jax) they "
+                         "were trained on (default: the one they record)")
+    convert.add_argument("--base_name", help="--to peft: the base_model_name_or_path to "
+                         "record, e.g. google/flan-t5-base (default: --base)")
     convert.add_argument("--dtype", choices=("float32", "bfloat16"),
                          help="cast parameters to this dtype (default: keep float32)")
     convert.add_argument("--overwrite", action="store_true",

@@ -140,7 +140,9 @@ SAME, TRANSPOSE, QKV, OUT = "same", "transpose", "qkv", "out"
 # nn.Linear weight [out, in] <-> our [embed, heads, kv] (QKV) and [heads, kv, embed] (OUT).
 
 
-def _mapping(cfg: T5Config) -> Iterator[tuple[tuple[Any, ...], str, str]]:
+def hf_mapping(cfg: T5Config) -> Iterator[tuple[tuple[Any, ...], str, str]]:
+    """(our path, HF tensor name, layout) of every weight: the one table of names, which
+    PEFT adapters (`peft_format`) use too."""
     yield ("token_embedder", "embedding"), "shared.weight", SAME
     if not cfg.tie_embeddings:
         yield ("logits_dense",), "lm_head.weight", TRANSPOSE
@@ -238,7 +240,7 @@ def get_path(tree: Params, path: tuple[Any, ...]) -> Any:
 def params_to_hf_tensors(params: Params, cfg: T5Config) -> dict[str, np.ndarray]:
     """flan-jax params -> HF tensor dict; an untied or tied model both get `lm_head.weight`."""
     out: dict[str, np.ndarray] = {}
-    for path, hf, layout in _mapping(cfg):
+    for path, hf, layout in hf_mapping(cfg):
         try:
             value = np.asarray(get_path(params, path))
         except KeyError as e:
@@ -360,7 +362,7 @@ class HFCheckpoint:
     def check(self, cfg: T5Config) -> None:
         """Every tensor `cfg` needs is there with its shape; nothing unexpected; one embedding."""
         source = str(self.path)
-        expected = {hf for _, hf, _ in _mapping(cfg)}
+        expected = {hf for _, hf, _ in hf_mapping(cfg)}
         unexpected = sorted(set(self._shapes) - expected - set(_EMBED_ALIASES) - set(_IGNORED)
                             - ({"lm_head.weight"} if cfg.tie_embeddings else set()))
         if unexpected:
@@ -374,7 +376,7 @@ class HFCheckpoint:
                                                                                 embedding):
                 raise CheckpointError(f"{source}: tensor {alias!r} differs from "
                                       f"{embedding!r}; T5 uses one shared token embedding")
-        for path, hf, layout in _mapping(cfg):
+        for path, hf, layout in hf_mapping(cfg):
             name = embedding if hf == "shared.weight" and embedding else hf
             if name not in self._shapes:
                 raise CheckpointError(f"{source}: missing tensor {hf!r}")
@@ -392,7 +394,7 @@ class HFCheckpoint:
         parameter; call `check(cfg)` first."""
         dtype = cfg.jnp_param_dtype
         embedding = self._embedding
-        for path, hf, layout in _mapping(cfg):
+        for path, hf, layout in hf_mapping(cfg):
             name = embedding if hf == "shared.weight" else hf
             shape = _our_shape(cfg, path)
 
