@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test demo bench bench-train bench-data bench-restore vocab clean
+.PHONY: install test demo bench bench-train bench-data bench-restore bench-lora vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-data: install
 # Peak host memory of a T5 1.1-base finetune (HF and flan-jax dirs) against training from scratch.
 bench-restore: install
 	$(PY) bench/restore_memory.py
+
+# LoRA vs full finetuning: T5 1.1-base step memory, XL / XXL plans, quality on a JSONL task.
+bench-lora: install
+	$(PY) bench/lora.py --json docs/lora.json
 
 # Retrain the shipped SentencePiece model from the synthetic corpus (byte-for-byte the same).
 vocab: install

@@ -233,3 +233,64 @@ def test_architectures_eval_loss_scores_a_model_on_its_own_features(tmp_path):
     assert set(loss) == set(bench.GROUPS)
     # an untrained model: about the log of the vocabulary (512) per target token
     assert all(0.5 * math.log(512) < v < 2 * math.log(512) for v in loss.values()), loss
+
+
+def test_lora_benchmark_reports_sizes_memory_and_plans(tmp_path):
+    """bench/lora.py --quick: the tiny preset's step and plan, full vs LoRA (no quality runs).
+    AdamW keeps two moments per trained param, so LoRA's optimizer state shrinks as its
+    trainable params do; the compiled step of a LoRA run needs less memory than full AdamW."""
+    out = tmp_path / "lora.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lora.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lora / full_adamw:" in proc.stdout and "| tiny | 2 | lora |" in proc.stdout
+    result = json.loads(out.read_text())
+    runs = result["step"]["runs"]
+    assert set(runs) == {"full_adafactor", "full_adamw", "lora"}
+    full, lora = runs["full_adamw"], runs["lora"]
+    assert full["trainable_params"] == full["params"] == runs["full_adafactor"]["params"]
+    assert 0 < lora["trainable_params"] < full["trainable_params"] / 10
+    assert lora["params"] == full["params"] + lora["trainable_params"]  # base + adapters
+    assert lora["frozen_bytes"] == full["trainable_bytes"]
+    assert (runs["full_adafactor"]["optimizer"], full["optimizer"], lora["optimizer"]) == (
+        "adafactor", "adamw", "adamw")
+    ratio = result["step"]["ratios"]["full_adamw"]
+    assert abs(ratio["optimizer_bytes"] / ratio["trainable_params"] - 1) < 0.01, ratio
+    assert abs(full["optimizer_bytes"] - 2 * full["trainable_bytes"]) < 1024  # mu, nu
+    for r in runs.values():
+        assert r["peak_bytes"] > 0 and r["temp"] > 0 and r["step_s"] > 0 and r["compile_s"] > 0
+    assert lora["peak_bytes"] < full["peak_bytes"]
+    plans = {p["run"]: p for p in result["plans"]}
+    assert set(plans) == set(runs) and {p["devices"] for p in plans.values()} == {2}
+    assert plans["lora"]["trainable_param_count"] == lora["trainable_params"]
+    assert plans["lora"]["optimizer"] < plans["full_adamw"]["optimizer"]
+    assert plans["lora"]["gradients"] < plans["full_adamw"]["gradients"]
+    assert plans["lora"]["activations"] == plans["full_adamw"]["activations"]
+
+
+def test_lora_task_is_deterministic_with_disjoint_splits_and_reports(tmp_path):
+    """The bench's JSONL task: the same files from the same seed, no validation headline in
+    train, one topic word per headline; its module compiles; the quality table renders."""
+    bench = _bench_module("lora")
+    a = bench.write_task(tmp_path / "a", 300, 50)
+    b = bench.write_task(tmp_path / "b", 300, 50)
+    rows = {}
+    for split in ("train", "validation"):
+        text = (a / f"{bench.TASK}_{split}.jsonl").read_text()
+        assert text == (b / f"{bench.TASK}_{split}.jsonl").read_text()
+        rows[split] = [json.loads(line) for line in text.splitlines()]
+    assert [len(rows["train"]), len(rows["validation"])] == [300, 50]
+    assert not {r["headline"] for r in rows["train"]} & {r["headline"] for r in rows["validation"]}
+    for r in rows["train"] + rows["validation"]:
+        words = r["headline"].split()
+        assert [w for w in words if w in bench.TOPICS[r["topic"]]] and len(words) == 4
+        assert r["options"] == sorted(bench.TOPICS)
+    compile((a / f"{bench.TASK}.py").read_text(), "lora_topic.py", "exec")
+    score = {"accuracy": 40.0, "rank_accuracy": 60.0}
+    fake = {"quality": {"eval_examples": 50, "chance_percent": 20.0, "steps": 3, "batch": 2,
+                        "base_steps": 5, "seconds": {"base": 1.0}, "base": score,
+                        "runs": {name: {"after": score, "loss": 1.5, "steps_per_s": 2.0,
+                                        "seconds": 3.0} for name in ("full", "lora")}}}
+    table = bench.report(fake)
+    assert "| lora finetune | 40.0% | 60.0% | 1.500 |" in table and "chance 20%" in table
