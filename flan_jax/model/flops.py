@@ -2,12 +2,17 @@
 
 Counts 2 FLOPs per multiply-add of every matmul (projections, attention scores and values,
 MLP, logits); norms, softmax and embedding gathers are ignored, as MFU conventionally does.
-A backward pass costs twice the forward.
+A backward pass costs twice the forward (once without weight gradients: LoRA's frozen base).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flan_jax.model.config import T5Config
+
+if TYPE_CHECKING:
+    from flan_jax.model.lora import LoraConfig
 
 
 def forward_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int) -> float:
@@ -37,6 +42,34 @@ def forward_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int) 
     return 2.0 * (encoder + decoder + logits)
 
 
-def train_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int) -> float:
-    """Forward + backward."""
-    return 3.0 * forward_flops(cfg, batch, inputs_len, targets_len)
+def train_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int,
+                lora: LoraConfig | None = None) -> float:
+    """Forward + backward. A LoRA run's frozen base gets no weight gradients, so it costs
+    its forward plus the activation gradients (one forward again), and its adapters their
+    own forward and backward: counting it as a full finetune would overstate its MFU ~1.5x."""
+    forward = forward_flops(cfg, batch, inputs_len, targets_len)
+    if lora is None or not lora.enabled:
+        return 3.0 * forward
+    return 2.0 * forward + 3.0 * adapter_flops(cfg, lora, batch, inputs_len, targets_len)
+
+
+def adapter_flops(cfg: T5Config, lora: LoraConfig, batch: int, inputs_len: int,
+                  targets_len: int) -> float:
+    """The forward FLOPs of `lora`'s adapters alone: (x @ A) @ B for every token through
+    each adapted projection (a T5 decoder's cross-attention k and v see the inputs)."""
+    import math
+
+    from flan_jax.model.lora import abstract_lora_model, adapter_dicts, split_params
+    b, le, ld = batch, inputs_len, targets_len
+    total = 0.0
+    for path, adapters in adapter_dicts(split_params(abstract_lora_model(cfg, lora))[1]):
+        for name, ab in adapters.items():
+            a_shape, b_shape = ab["lora_a"].shape, ab["lora_b"].shape
+            if cfg.architecture != "encoder_decoder":
+                tokens = b * (le + ld)
+            elif path[0] == "encoder" or (path[-1] == "cross_attn" and name in ("k", "v")):
+                tokens = b * le
+            else:
+                tokens = b * ld
+            total += tokens * lora.rank * (math.prod(a_shape[:-1]) + math.prod(b_shape[1:]))
+    return 2.0 * total

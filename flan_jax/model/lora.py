@@ -158,7 +158,7 @@ def merge_lora(params: Params, lora_params: Params, cfg: LoraConfig) -> Params:
     dtype (computed in f32). A pure function (jit it to keep the result sharded); the result
     is a plain model's params."""
     out = jax.tree.map(lambda x: x, params)  # fresh containers, same leaves
-    for path, adapters in _adapter_dicts(lora_params):
+    for path, adapters in adapter_dicts(lora_params):
         where = "/".join(map(str, path))
         try:
             module = out
@@ -263,10 +263,11 @@ def _adapter(w: nnx.Param, name: str, cfg: LoraConfig, rngs: nnx.Rngs) -> LoraAd
     return LoraAdapter(a, b, scale=cfg.scale, rate=cfg.dropout, inputs=n)
 
 
-def _adapter_dicts(tree: Params, path: tuple = ()):
-    """(path of a module, its {name: {"lora_a", "lora_b"}}) for every "lora" entry."""
+def adapter_dicts(tree: Params, path: tuple = ()):
+    """(path of a module, its {name: {"lora_a", "lora_b"}}) for every "lora" entry of an
+    adapters tree (`split_params(...)[1]`)."""
     for key, value in tree.items():
         if key == "lora":
             yield path, value
         elif isinstance(value, dict):
-            yield from _adapter_dicts(value, path + (key,))
+            yield from adapter_dicts(value, path + (key,))

@@ -24,7 +24,7 @@ import numpy as np
 from flan_jax.errors import CheckpointError, ConfigError
 from flan_jax.model.config import T5Config
 from flan_jax.model.lora import (ADAPTERS_FORMAT, MLP_ROLES, STACKS, LoraConfig,
-                                 adapter_params, load_adapters,
+                                 adapter_dicts, adapter_params, load_adapters,
                                  save_adapters)
 
 Params = dict[str, Any]
@@ -228,14 +228,11 @@ def _hf_names(model_cfg: T5Config) -> dict[tuple[Any, ...], str]:
     return names
 
 
-def _adapters(tree: Params, path: tuple = ()) -> Iterator[tuple[tuple, str, Any, Any]]:
+def _adapters(tree: Params) -> Iterator[tuple[tuple, str, Any, Any]]:
     """(module path, projection name, A, B) for every adapter in `tree`."""
-    for key, value in tree.items():
-        if key == "lora":
-            for name, ab in value.items():
-                yield path, name, ab["lora_a"], ab["lora_b"]
-        elif isinstance(value, dict):
-            yield from _adapters(value, path + (key,))
+    for path, adapters in adapter_dicts(tree):
+        for name, ab in adapters.items():
+            yield path, name, ab["lora_a"], ab["lora_b"]
 
 
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight")

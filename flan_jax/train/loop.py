@@ -170,7 +170,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                                                 ("model/ export", need_export)) if need))
     throughput = Throughput.for_model(
         cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
-        data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device)
+        data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device,
+        lora=lora)
     result = RunResult(step=start, model_dir=model_dir, evals={})
     # A resumed run logs each step once: what the killed run logged after `start` goes (and
     # the eval of `start` itself when it is redone: step 0, or a final eval being finished).

@@ -179,9 +179,10 @@ class Throughput:
     @classmethod
     def for_model(cls, cfg: T5Config, batch_size: int, inputs_length: int,
                   targets_length: int, *, peak_flops_per_device: float | None = None,
-                  num_devices: int | None = None) -> "Throughput":
-        """`batch_size` is global; lengths are the (packed) feature lengths."""
-        return cls(train_flops(cfg, batch_size, inputs_length, targets_length),
+                  num_devices: int | None = None, lora: Any = None) -> "Throughput":
+        """`batch_size` is global; lengths are the (packed) feature lengths; `lora`: the
+        run's LoraConfig (its frozen base has no weight gradients)."""
+        return cls(train_flops(cfg, batch_size, inputs_length, targets_length, lora),
                    peak_flops_per_device,
                    jax.device_count() if num_devices is None else num_devices)
 

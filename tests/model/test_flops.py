@@ -51,3 +51,30 @@ def test_decoder_only_forward_flops_match_xla_cost_analysis(architecture, connec
     xla = float(cost["flops"])
     ours = forward_flops(cfg, b, le, ld)
     assert 0.8 * xla <= ours <= xla, (ours, xla)
+
+
+@pytest.mark.parametrize("architecture", ["encoder_decoder", "decoder_only"])
+def test_lora_train_flops_match_xla_cost_analysis_of_the_adapter_gradient(architecture):
+    """A LoRA step differentiates only the adapters: XLA drops the frozen base's weight
+    gradients, and the count (2 forwards + the adapters' forward and backward) follows."""
+    from flan_jax.model.lora import LoraConfig, apply_lora
+
+    cfg = get_config("tiny", architecture=architecture, num_decoder_layers=3)
+    lora = LoraConfig(rank=4, targets=("q", "v", "o", "mlp_in"))
+    model = apply_lora(create_model(cfg), lora, rngs=nnx.Rngs(params=0))
+    graphdef, adapters, base = nnx.split(model, nnx.LoRAParam, ...)
+    b, le, ld = 2, 48, 16
+    x = jnp.ones((b, le), jnp.int32)
+    y = jnp.ones((b, ld if architecture == "encoder_decoder" else le + ld), jnp.int32)
+
+    def loss(adapters, base):
+        m = nnx.merge(graphdef, adapters, base)
+        return (m(x, y) if architecture == "encoder_decoder" else m(y)).sum()
+
+    cost = jax.jit(jax.grad(loss)).lower(adapters, base).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla = float(cost["flops"])
+    ours = train_flops(cfg, b, le, ld, lora)
+    assert 0.8 * xla <= ours <= 1.05 * xla, (ours, xla)
+    full = train_flops(cfg, b, le, ld)  # 3 forwards
+    assert 2 / 3 * full < ours < full
