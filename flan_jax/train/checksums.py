@@ -134,3 +134,26 @@ def _digests(step_dir: Path, names: list[str]) -> dict[str, tuple[int, int]]:
 
     with concurrent.futures.ThreadPoolExecutor(min(_THREADS, max(len(names), 1))) as pool:
         return {name: d for name, d in pool.map(digest, names) if d is not None}
+
+
+_SAMPLE = 1 << 16  # bytes read at each of a file's start, middle and end
+
+
+def fingerprint(directory: Path) -> dict[str, list[int]]:
+    """{file: [size, CRC-32 of its first, middle and last 64 KiB]} for every file under
+    `directory`: three small reads per file, so cheap for an XXL model dir, and different for
+    a re-export of other weights (each tensor file's bytes move), though not proof against a
+    single flipped byte (that is what `record` / `verify` are for)."""
+    def sample(name: str) -> tuple[str, list[int]]:
+        with open(directory / name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            crc = 0
+            for at in sorted({0, max(size // 2 - _SAMPLE // 2, 0), max(size - _SAMPLE, 0)}):
+                f.seek(at)
+                crc = zlib.crc32(f.read(_SAMPLE), crc)
+        return name, [size, crc]
+
+    names = _files(directory)
+    with concurrent.futures.ThreadPoolExecutor(min(_THREADS, max(len(names), 1))) as pool:
+        return dict(pool.map(sample, names))
+

@@ -6,6 +6,8 @@
                             with trained_on.json: its mixture and feature converter
                             (a LoRA run: the base with the adapters merged in)
       adapters/             a LoRA run's adapters alone (`lora.save_adapters`)
+      lora_base.json        a LoRA run's base (train.init_from) fingerprint: a resume on
+                            another base is refused
       checkpoints/<step>/   orbax: train state + data position (resume is exact); a LoRA
                             run's holds only the adapters and their optimizer state
       train/                TensorBoard events + metrics.jsonl (loss, accuracy, lr, ...)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -132,6 +135,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                         keep=keep_checkpoints)
     reader = None
     try:
+        if lora.enabled:  # (before any of the base is read)
+            _check_base(model_dir, init_from, resuming=ckpt.latest_step() is not None)
         start, state, position, frozen = _initial_state(ckpt, cfg, seed, init_from, optimizer,
                                                         state_shard, lora, frozen_shard)
         frozen_args = () if frozen is None else (frozen,)  # the step's third argument
@@ -375,6 +380,34 @@ def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -
 
     _on_process_0(params, lambda host, alone: save_pretrained(
         path, cfg, host, overwrite=True, alone=alone, extra=record), "export")
+
+
+BASE_RECORD = "lora_base.json"
+
+
+def _check_base(model_dir: Path, init_from: str, *, resuming: bool) -> None:
+    """A LoRA run's checkpoints hold only adapters, trained on `init_from` as it was: a
+    resume on another base would continue silently wrong. The first start records the
+    base's `checksums.fingerprint`; a resume must find the same files (moved is fine)."""
+    from flan_jax.atomic import atomic_file
+    from flan_jax.train.checksums import fingerprint
+    record = model_dir / BASE_RECORD
+    now = {"init_from": str(init_from), "files": fingerprint(Path(init_from))}
+    if resuming and record.is_file():
+        then = json.loads(record.read_text())
+        changed = sorted(set(then["files"]) ^ set(now["files"]) | {
+            f for f in set(then["files"]) & set(now["files"])
+            if then["files"][f] != now["files"][f]})
+        if changed:
+            raise ConfigError(
+                f"train.init_from={init_from!r} is not the base model this LoRA run started "
+                f"from ({then['init_from']}; {changed[0]} differs, {len(changed)} files in "
+                f"all, see {record}): its adapters only fit that base. Give the original "
+                "base, or a new train.model_dir to train adapters on this one")
+        return
+    if jax.process_index() == 0:
+        with atomic_file(record) as f:
+            f.write(json.dumps(now, indent=1) + "\n")
 
 
 def _on_process_0(params: Any, write, what: str) -> None:

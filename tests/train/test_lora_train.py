@@ -37,11 +37,14 @@ def _kill_then_resume(base, model_dir):
     return {"killed": killed, "left": left, "resumed": _cli(*_args(base, model_dir), env=FAST)}
 
 
-def _straight_then_refused(base, model_dir):
-    """The uninterrupted run, then the same dir resumed without the LoRA bindings (which
-    changes nothing on disk)."""
-    return {"straight": _cli(*_args(base, model_dir), env=FAST),
-            "refused": _cli(*_args(base, model_dir, lora=False), env=FAST)}
+def _straight_then_refused(base, model_dir, other_base):
+    """The uninterrupted run, then the same dir resumed without the LoRA bindings, and on
+    another base (neither changes anything on disk)."""
+    straight = _cli(*_args(base, model_dir), env=FAST)
+    more = ["--gin.train.total_steps=6"]  # (a finished run would not look at its base again)
+    return {"straight": straight,
+            "refused": _cli(*_args(base, model_dir, lora=False), env=FAST),
+            "other_base": _cli(*_args(other_base, model_dir), *more, env=FAST)}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     cfg = get_config("flan_t5-tiny", **SHAPES)
     save_pretrained(root / "base", cfg, params_of(create_model(cfg, seed=0)))
+    save_pretrained(root / "other", cfg, params_of(create_model(cfg, seed=1)))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # (each run: mostly one core)
-        straight = pool.submit(_straight_then_refused, root / "base", root / "straight")
+        straight = pool.submit(_straight_then_refused, root / "base", root / "straight",
+                               root / "other")
         resumed = pool.submit(_kill_then_resume, root / "base", root / "resumed")
         return {"root": root, "cfg": cfg, **straight.result(), **resumed.result()}
 
@@ -136,3 +141,16 @@ def _adapter_leaves(tree):
     for value in tree.values():
         if isinstance(value, dict):
             yield from _adapter_leaves(value)
+
+
+def test_a_lora_run_resumed_on_another_base_is_refused_naming_both(runs):
+    """Its adapters fit only the base it started from (the killed run's resume, on the same
+    base, passes the same check)."""
+    refused, root = runs["other_base"], runs["root"]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"train.init_from='{root / 'other'}' is not the base model" in refused.stderr
+    assert str(root / "base") in refused.stderr and "Traceback" not in refused.stderr
+    assert _losses(root / "straight") == _losses(root / "resumed")  # (nothing appended)
+    assert json.loads((root / "straight" / "lora_base.json").read_text())["init_from"] == str(
+        root / "base")
+
