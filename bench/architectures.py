@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # (run as a script, only bench/ is on sys.path)
+from flan_jax.study.runner import GROUPS, accuracies, eval_loss  # noqa: E402  (one home)
 
 # name -> (gin files after runs/demo.gin, T5Config.architecture, DataConfig.feature_converter)
 ARCHS = {
@@ -34,7 +35,6 @@ ARCHS = {
     "prefix_lm": (("arch/prefix_lm.gin",), "decoder_only", "prefix_lm"),
     "semi_causal": (("arch/semi_causal.gin",), "semi_causal", "semi_causal"),
 }
-GROUPS = {"held_in": "flan_jax_default_held_in", "held_out": "flan_jax_default_held_out"}
 
 
 def demo_config(overrides: list[str]):
@@ -96,61 +96,6 @@ def train_args(name: str, layers: dict[str, int], model_dir: Path, args) -> list
     return out
 
 
-def accuracies(model_dir: Path, step: int) -> dict[str, dict[str, float]]:
-    """Mean exact-match and rank-classification accuracy per group, over its tasks."""
-    results = json.loads((model_dir / "eval" / f"step_{step}.json").read_text())
-    out = {}
-    for group, tasks in results.items():
-        exact = [m["accuracy"] for m in tasks.values() if "accuracy" in m]
-        rank = [m["rank_accuracy"] for m in tasks.values() if "rank_accuracy" in m]
-        out[group] = {"accuracy": sum(exact) / len(exact) if exact else float("nan"),
-                      "rank_accuracy": sum(rank) / len(rank) if rank else float("nan"),
-                      "tasks": len(tasks)}
-    return out
-
-
-def eval_loss(model_dir: Path, feature_converter: str, lengths: dict[str, int],
-              batches: int, batch_size: int) -> dict[str, float]:
-    """Teacher-forced loss per target token on each group's validation examples, read by the
-    seqio reader with the model's own features (the same examples for every model)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from flan_jax.model.losses import token_losses
-    from flan_jax.train.data import DataConfig, make_reader
-    from flan_jax.train.infer import load
-    from flan_jax.train.step import forward
-
-    model, _ = load(model_dir)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def sums(state, batch):
-        logits = forward(nnx.merge(graphdef, state), batch)
-        loss, _ = token_losses(logits, batch["decoder_target_tokens"])
-        w = batch["decoder_loss_weights"].astype(jnp.float32)
-        return jnp.sum(loss * w), jnp.sum(w)
-
-    out = {}
-    for group, mixture in GROUPS.items():
-        cfg = DataConfig(mixture_or_task_name=mixture, split="validation", reader="seqio",
-                         pack=False, shuffle=False, batch_size=batch_size, seed=0,
-                         task_feature_lengths=lengths, module_imports=("mixtures",),
-                         feature_converter=feature_converter)
-        reader = make_reader(cfg)
-        total = count = 0.0
-        try:
-            for _ in range(batches):
-                batch = {k: jnp.asarray(v) for k, v in next(reader).items()}
-                s, n = sums(state, batch)
-                total, count = total + float(s), count + float(n)
-        finally:
-            reader.close()
-        out[group] = total / max(count, 1.0)
-    return out
-
-
 def run(args) -> dict:
     base = demo_config(list(args.gin))
     layers = matched_layers(base, args.semi_encoder_layers)
@@ -171,7 +116,7 @@ def run(args) -> dict:
         results["archs"][name] = {
             **layers[name], "train_seconds": seconds,
             "accuracy": accuracies(model_dir, args.steps),
-            "eval_loss": eval_loss(model_dir / "model", converter, lengths,
+            "eval_loss": eval_loss(model_dir / "model", converter, lengths, GROUPS,
                                    args.loss_batches, args.batch)}
         print(f"{name}: {seconds:.0f} s", file=sys.stderr, flush=True)
     return results

@@ -54,6 +54,16 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from flan_jax.study.runner import Study, run_study
+
+    study = Study()
+    results = run_study(study, limit=args.limit,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(Path(study.output_dir, "results.md").read_text())
+    return 0 if results["complete"] or args.limit is not None else 1
+
+
 def _show(args: argparse.Namespace) -> int:
     import itertools
 
@@ -462,6 +472,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes)")
     _gin_help(pl)
     pl.set_defaults(func=_plan)
+
+    st = sub.add_parser(
+        "study", help="train a grid of runs and tabulate, plot and fit their results",
+        description=(
+            "Train every run of the grid a study gin file describes (Study.axes: named sets "
+            "of bindings; their product on top of Study.gin_files), each a real `flan-jax "
+            "train` in OUTPUT_DIR/runs/<name>, then write results.json, results.md, "
+            "params.png / tokens.png / compute.png and power-law fits of eval loss "
+            "(L = a x^-b + c). Started again, it skips finished runs and resumes the "
+            "interrupted one. Every run's gin is checked before the first trains."))
+    st.add_argument("--limit", type=int, metavar="N",
+                    help="train at most N unfinished runs this time (the table covers what "
+                         "is finished)")
+    _gin_help(st)
+    st.set_defaults(func=_study)
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true",
                              help="on an error, print its traceback too (or set "
@@ -479,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flan-jax: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    if args.command in ("show", "export", "train", "eval", "infer", "plan"):
+    if args.command in ("show", "export", "train", "eval", "infer", "plan", "study"):
         from absl import logging as absl_logging
 
         from flan_jax.quiet import import_tensorflow
@@ -492,11 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flan_jax.data.vocab import VocabularyError
     from flan_jax.train import infer  # noqa: F401  (registers DecodeConfig with gin)
     from flan_jax.train.loop import NonFiniteLossError
-    if args.command in ("train", "eval", "infer", "plan"):
+    from flan_jax.study import runner  # noqa: F401  (registers Study with gin)
+    if args.command in ("train", "eval", "infer", "plan", "study"):
         try:  # (the imports above registered every configurable before gin locks)
             gin_utils.parse(gin_files, gin_bindings)
             # Before any backend use; after gin, so a typo fails without waiting for peers.
-            if args.command != "plan":
+            if args.command not in ("plan", "study"):
                 distributed.initialize(distributed.config_from(args))
         except (gin_utils.GinConfigError, distributed.DistributedError) as e:
             return _user_error(args, e)

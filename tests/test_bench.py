@@ -218,23 +218,6 @@ def test_architectures_matches_parameters_and_reports_and_plots(tmp_path):
     assert png.stat().st_size > 5_000
 
 
-def test_architectures_eval_loss_scores_a_model_on_its_own_features(tmp_path):
-    """The teacher-forced loss of an exported tiny model on each group, with its features."""
-    import math
-
-    from flan_jax.model import create_model, get_config, params_of
-    from flan_jax.model.io import save_pretrained
-
-    bench = _bench_module("architectures")
-    cfg = get_config("tiny", architecture="semi_causal", num_encoder_layers=1)
-    save_pretrained(tmp_path / "model", cfg, params_of(create_model(cfg, seed=0)))
-    loss = bench.eval_loss(tmp_path / "model", "semi_causal", {"inputs": 64, "targets": 16},
-                           batches=1, batch_size=2)
-    assert set(loss) == set(bench.GROUPS)
-    # an untrained model: about the log of the vocabulary (512) per target token
-    assert all(0.5 * math.log(512) < v < 2 * math.log(512) for v in loss.values()), loss
-
-
 def test_lora_benchmark_reports_sizes_memory_and_plans(tmp_path):
     """bench/lora.py --quick: the tiny preset's step and plan, full vs LoRA (no quality runs).
     AdamW keeps two moments per trained param, so LoRA's optimizer state shrinks as its
