@@ -129,7 +129,8 @@ def load_peft(path: str | os.PathLike[str], model_cfg: T5Config
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing (only the safetensors layout imports)")
     modules = _by_module(load_file(str(weights)), weights)
-    ours = {hf: p for p, hf in _hf_names(model_cfg).items()}
+    names = _hf_names(model_cfg)
+    ours = {hf: p for p, hf in names.items()}
     unknown = sorted(set(modules) - set(ours))
     if unknown:
         raise CheckpointError(f"{weights}: {unknown[0]} is not a projection flan-jax's LoRA "
@@ -151,7 +152,7 @@ def load_peft(path: str | os.PathLike[str], model_cfg: T5Config
             f"{weights}: its adapters are not one LoraConfig (the same targets in every layer "
             f"of {cfg.stacks}): {'extra ' + extra[0] if extra else 'no adapter on ' + missing[0]}")
     for module_path, name, a, b in _adapters(target):
-        ab = modules[_hf_names(model_cfg)[(*module_path, name)]]
+        ab = modules[names[(*module_path, name)]]
         a_ours = ab["A"].T.reshape(a.shape)
         b_ours = ab["B"].T.reshape(b.shape)
         node = params
