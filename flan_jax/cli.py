@@ -266,7 +266,8 @@ def _plan(args: argparse.Namespace) -> int:
         input_len=run.data.task_feature_lengths["inputs"],
         target_len=run.data.task_feature_lengths["targets"],
         microbatches=bound("train.microbatches", 1), model=run.abstract_model,
-        lora=run.lora if run.lora.enabled else None)
+        lora=run.lora if run.lora.enabled else None,
+        prompt=run.prompt if run.prompt.enabled else None)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

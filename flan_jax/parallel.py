@@ -47,6 +47,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("connector_tokens", None),
     ("lora_rank", None),  # LoRA adapters (model.lora): rank is small, the other dim shards
+    ("prompt", None),  # a soft prompt's positions (model.prompt): few; its embed dim shards
 )
 
 logger = logging.getLogger(__name__)

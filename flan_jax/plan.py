@@ -2,10 +2,10 @@
 
 Params, optimizer state and gradients are exact byte counts of the shapes `jax.eval_shape`
 gives, each leaf divided as the logical-axis rules shard it on an `AbstractMesh` of the
-requested size (a LoRA run: optimizer state and gradients of its adapters only, the base
-counted as frozen params); activations are a rough count of what the backward pass keeps per layer
-of each stack the architecture runs (`stacks`), so a mesh can be chosen for, e.g.,
-flan-t5-xxl on a v4-64 before renting one.
+requested size (an adapters-only run, LoRA or prompt tuning: optimizer state and gradients
+of its adapters only, the base counted as frozen params); activations are a rough count of
+what the backward pass keeps per layer of each stack the architecture runs (`stacks`), so a
+mesh can be chosen for, e.g., flan-t5-xxl on a v4-64 before renting one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flan_jax.model.config import T5Config
 
 if TYPE_CHECKING:
     from flan_jax.model.lora import LoraConfig
+    from flan_jax.model.prompt import PromptConfig
 
 GiB = 1024 ** 3
 
@@ -69,18 +70,22 @@ class MemoryPlan:
 def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRules,
          optimizer, optimizer_name: str, *, devices: int, num_slices: int = 1,
          batch_size: int, input_len: int, target_len: int, microbatches: int = 1,
-         model: Any = None, lora: LoraConfig | None = None) -> MemoryPlan:
+         model: Any = None, lora: LoraConfig | None = None,
+         prompt: PromptConfig | None = None) -> MemoryPlan:
     """The memory plan of training `cfg` on `devices` devices laid out as `mesh_cfg`.
 
     Build `optimizer` as the run does (`make_optimizer(param_axes=...)`, of the trained
     params): Adafactor's state depends on the shapes it sees each param in. `model`: the
     run's abstract model if the caller has it already (building it takes seconds for the
-    largest presets; with LoRA adapters, only they train). `lora`: adapters to add to the
-    model this builds (ignored with `model`: the run's has them already)."""
+    largest presets; with adapters, only they train). `lora`: adapters to add to the
+    model this builds, `prompt`: a soft prompt (`cfg` then gets its prompt_length); both
+    ignored with `model`, which has them already."""
     from flan_jax.model.lora import LoraConfig, abstract_lora_model, split_axes, split_params
 
     shape = mesh_cfg.shape(devices, num_slices)
     mesh = AbstractMesh(shape, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
+    if prompt is not None and prompt.enabled:
+        cfg = cfg.replace(prompt_length=prompt.length)
     if model is None:
         model = abstract_lora_model(cfg, lora or LoraConfig())
     (base, adapters), (base_axes, adapter_axes) = split_params(model), split_axes(model)
@@ -110,7 +115,7 @@ def plan(cfg: T5Config, mesh_cfg: parallel.MeshConfig, rules: parallel.LogicalRu
                                      model_ways=dict(zip(parallel.MESH_AXES, shape))["model"]),
         batch_per_device=per_device, replicated_params=replicated,
         trainable_param_count=sum(int(x.size) for x in jax.tree.leaves(trained)),
-        peft=_describe_adapters(adapters, lora))
+        peft=_describe_adapters(adapters, lora, prompt))
 
 
 def stacks(cfg: T5Config, input_len: int, target_len: int) -> list[Stack]:
@@ -121,11 +126,14 @@ def stacks(cfg: T5Config, input_len: int, target_len: int) -> list[Stack]:
     decoder-only model runs `num_decoder_layers` over the concatenated inputs + targets
     (`num_encoder_layers` unused); a semi-causal model adds `num_encoder_layers` encoder
     layers, which run over that whole stream too (`SemiCausal` masks them to the inputs'
-    spans rather than gathering the spans), and no cross-attention.
+    spans rather than gathering the spans), and no cross-attention. A soft prompt
+    (`T5Config.prompt_length`) lengthens what the encoder runs over and what the decoder's
+    cross-attention sees.
     """
     if cfg.architecture == "encoder_decoder":
-        return [Stack("encoder", cfg.num_encoder_layers, input_len, (input_len,)),
-                Stack("decoder", cfg.num_decoder_layers, target_len, (target_len, input_len))]
+        encoded = input_len + cfg.prompt_length
+        return [Stack("encoder", cfg.num_encoder_layers, encoded, (encoded,)),
+                Stack("decoder", cfg.num_decoder_layers, target_len, (target_len, encoded))]
     n = input_len + target_len
     decoder = Stack("decoder", cfg.num_decoder_layers, n, (n,))
     if cfg.architecture == "decoder_only":
@@ -179,7 +187,10 @@ def describe(cfg: T5Config, parts: list[Stack]) -> str:
     dec = by_name["decoder"]
     if cfg.architecture == "encoder_decoder":
         enc = by_name["encoder"]
-        return (f"encoder-decoder: {enc.layers} encoder layers over {enc.length} input tokens, "
+        over = (f"{enc.length} input tokens" if not cfg.prompt_length else
+                f"{enc.length} positions ({cfg.prompt_length} soft prompt + "
+                f"{enc.length - cfg.prompt_length} input tokens)")
+        return (f"encoder-decoder: {enc.layers} encoder layers over {over}, "
                 f"{dec.layers} decoder layers over {dec.length} target tokens with "
                 "cross-attention")
     over = f"{dec.layers} decoder layers over {dec.length} tokens (inputs + targets)"
@@ -226,12 +237,17 @@ def format_plan(p: MemoryPlan, cfg: T5Config, device_memory_gib: float | None = 
     return "\n".join(lines)
 
 
-def _describe_adapters(adapters: Any, lora: LoraConfig | None) -> str:
-    """"" without adapters; `lora` in words, or what the adapters themselves show."""
+def _describe_adapters(adapters: Any, lora: LoraConfig | None,
+                       prompt: PromptConfig | None = None) -> str:
+    """"" without adapters; `lora` or `prompt` in words, or what the adapters themselves
+    show."""
     if not adapters:
         return ""
-    if lora is not None and lora.enabled:
-        return lora.describe()
+    for given in (lora, prompt):
+        if given is not None and given.enabled:
+            return given.describe()
+    if "prompt" in adapters:
+        return f"a soft prompt of {adapters['prompt'].shape[0]} vectors"
     flat = jax.tree_util.tree_flatten_with_path(adapters)[0]
     ranks = sorted({leaf.shape[-1] for path, leaf in flat if path[-1].key == "lora_a"})
     return f"LoRA rank {', '.join(map(str, ranks))} on {len(flat) // 2} projections"

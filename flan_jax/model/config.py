@@ -40,6 +40,12 @@ class T5Config:
     `connector_tokens` learned queries pooling each span), stand in for the encoded spans'
     embeddings in that causal decoder.
 
+    `prompt_length` (encoder-decoder only): a learned soft prompt of that many vectors
+    [prompt_length, d_model] (`prompt.PromptParam`, Lester et al. 2021) is prepended to the
+    embedded encoder input, so the encoder and the decoder's cross-attention see
+    prompt_length + inputs positions; 0: none. A prompt-tuning run (`prompt.PromptConfig`)
+    sets it; a model dir saved by one has it in its config.
+
     `tie_embeddings` computes the output logits with the shared input embedding (T5 1.0);
     `scale_decoder_outputs` multiplies the final decoder states by d_model**-0.5 before the
     logits (T5 1.0; Hugging Face's `scale_decoder_outputs`). T5 1.1 and Flan-T5 do neither.
@@ -68,6 +74,7 @@ class T5Config:
     remat: str = "none"
     connector: Connector = "linear"
     connector_tokens: int = 4
+    prompt_length: int = 0
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
@@ -89,6 +96,14 @@ class T5Config:
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5Config.{name}={getattr(self, name)} must be positive")
+        if not isinstance(self.prompt_length, int) or self.prompt_length < 0:
+            raise ValueError(f"T5Config.prompt_length={self.prompt_length!r}: expected an int "
+                             ">= 0 (0: no soft prompt)")
+        if self.prompt_length and self.architecture != "encoder_decoder":
+            raise ValueError(
+                f"T5Config.prompt_length={self.prompt_length}: a soft prompt is prepended to "
+                f"an encoder's input; T5Config.architecture={self.architecture!r} has none "
+                "(prompt tuning is for 'encoder_decoder' models)")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)")
         if self.remat not in REMAT_POLICIES:

@@ -104,6 +104,10 @@ def config_to_hf(cfg: T5Config) -> dict[str, Any]:
         raise CheckpointError(
             f"T5Config.architecture={cfg.architecture!r}: Hugging Face's T5 layout is an "
             "encoder-decoder; keep this model as a flan-jax directory")
+    if cfg.prompt_length:
+        raise CheckpointError(
+            f"T5Config.prompt_length={cfg.prompt_length}: Hugging Face's T5 has no soft "
+            "prompt, so the export would drop it; keep this model as a flan-jax directory")
     return {
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",

@@ -43,14 +43,15 @@ def forward_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int) 
 
 
 def train_flops(cfg: T5Config, batch: int, inputs_len: int, targets_len: int,
-                lora: LoraConfig | None = None) -> float:
-    """Forward + backward. A LoRA run's frozen base gets no weight gradients, so it costs
-    its forward plus the activation gradients (one forward again), and its adapters their
-    own forward and backward: counting it as a full finetune would overstate its MFU ~1.5x."""
+                lora: LoraConfig | None = None, *, frozen_base: bool = False) -> float:
+    """Forward + backward. A frozen base (a LoRA or prompt-tuning run: `frozen_base`, implied
+    by an enabled `lora`) gets no weight gradients, so it costs its forward plus the
+    activation gradients (one forward again), and LoRA's adapters their own forward and
+    backward: counting it as a full finetune would overstate its MFU ~1.5x."""
     forward = forward_flops(cfg, batch, inputs_len, targets_len)
-    if lora is None or not lora.enabled:
-        return 3.0 * forward
-    return 2.0 * forward + 3.0 * adapter_flops(cfg, lora, batch, inputs_len, targets_len)
+    if lora is not None and lora.enabled:
+        return 2.0 * forward + 3.0 * adapter_flops(cfg, lora, batch, inputs_len, targets_len)
+    return 2.0 * forward if frozen_base else 3.0 * forward
 
 
 def adapter_flops(cfg: T5Config, lora: LoraConfig, batch: int, inputs_len: int,

@@ -5,6 +5,9 @@
 A [in..., lora_rank] and B [lora_rank, out...], B zero, so the adapted model starts out as
 the base. The forward adds alpha / rank * (dropout(x) @ A) @ B to x @ W. Training keeps only
 the adapters trainable (`split_params`); `merge_lora` folds them back into W.
+
+`ADAPTER`, `split_params` / `split_axes` and `save_adapters` / `load_adapters` serve every
+adapter kind (prompt tuning's `prompt.PromptParam` is an `nnx.LoRAParam` too).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gin
 import jax
@@ -60,6 +63,9 @@ class LoraConfig:
     targets: tuple[str, ...] = ("q", "v")
     stacks: tuple[str, ...] = ("encoder", "decoder")
 
+    CONFIG_FILE: ClassVar[str] = "lora_config.json"  # in `save_adapters`' dir
+    FORMAT: ClassVar[str] = ADAPTERS_FORMAT
+
     def __post_init__(self) -> None:
         for name, choices in (("targets", TARGETS), ("stacks", STACKS)):
             value = getattr(self, name)
@@ -87,6 +93,10 @@ class LoraConfig:
     def describe(self) -> str:
         return (f"LoRA rank {self.rank} (alpha {self.alpha:g}) on {', '.join(self.targets)} "
                 f"in the {' and '.join(self.stacks)}")
+
+    def adapted_model(self, model_cfg: T5Config) -> nnx.Module:
+        """The abstract model these adapters belong to (`abstract_lora_model`)."""
+        return abstract_lora_model(model_cfg, self)
 
 
 class LoraAdapter(nnx.Module):
@@ -125,10 +135,16 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, *, rngs: nnx.Rngs) -> nnx.Mod
     return model
 
 
+# The one filter of what an adapters-only run trains: every adapter kind is an nnx.LoRAParam
+# (LoRA's A and B; prompt tuning's `prompt.PromptParam`); the rest of the params is the base.
+ADAPTER = nnx.LoRAParam
+_BASE = nnx.All(nnx.Param, nnx.Not(ADAPTER))
+
+
 def split_params(model: nnx.Module) -> tuple[Params, Params]:
-    """(base params, adapter params) as plain nested dicts; adapters {} without LoRA."""
+    """(base params, adapter params) as plain nested dicts; adapters {} without any."""
     return (nnx.to_pure_dict(nnx.state(model, _BASE)),
-            nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)))
+            nnx.to_pure_dict(nnx.state(model, ADAPTER)))
 
 
 def split_axes(model: nnx.Module) -> tuple[Params, Params]:
@@ -136,7 +152,7 @@ def split_axes(model: nnx.Module) -> tuple[Params, Params]:
     def axes(state):
         return nnx.to_pure_dict(jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
                                              is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    return axes(nnx.state(model, _BASE)), axes(nnx.state(model, nnx.LoRAParam))
+    return axes(nnx.state(model, _BASE)), axes(nnx.state(model, ADAPTER))
 
 
 def adapter_params(model_cfg: T5Config, cfg: LoraConfig, seed: int = 0) -> Params:
@@ -182,11 +198,13 @@ def merge_lora(params: Params, lora_params: Params, cfg: LoraConfig) -> Params:
     return out
 
 
-def save_adapters(path: str | os.PathLike[str], cfg: LoraConfig, lora_params: Params, *,
+def save_adapters(path: str | os.PathLike[str], cfg: Any, lora_params: Params, *,
                   base: str | None = None, overwrite: bool = False,
                   alone: bool = False) -> Path:
-    """The adapters alone, atomically: `lora_config.json` (LoraConfig fields, the base model
-    dir they were trained on) + orbax `params/`. `alone` as `io.save_pretrained`'s."""
+    """The adapters alone, atomically: `cfg.CONFIG_FILE` (`lora_config.json` of a
+    LoraConfig, `prompt_config.json` of a `prompt.PromptConfig`: its fields, its `FORMAT`
+    and the base model dir they were trained on) + orbax `params/`. `alone` as
+    `io.save_pretrained`'s."""
     import orbax.checkpoint as ocp
 
     from flan_jax.model.convert import atomic_directory
@@ -195,30 +213,33 @@ def save_adapters(path: str | os.PathLike[str], cfg: LoraConfig, lora_params: Pa
         options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
             primary_host=jax.process_index(), active_processes={jax.process_index()})
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        config = {"format": ADAPTERS_FORMAT, "base_model": base, **dataclasses.asdict(cfg)}
-        (tmp / "lora_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = {"format": cfg.FORMAT, "base_model": base, **dataclasses.asdict(cfg)}
+        (tmp / cfg.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         with ocp.StandardCheckpointer(**options) as ckptr:
             ckptr.save((tmp / "params").absolute(), jax.tree.map(np.asarray, lora_params))
     return Path(path)
 
 
-def load_adapters(path: str | os.PathLike[str], model_cfg: T5Config
-                  ) -> tuple[LoraConfig, Params]:
-    """(LoraConfig, adapter params in host memory) of a `save_adapters` dir, checked against
-    the adapters `model_cfg` gets from that config."""
+def load_adapters(path: str | os.PathLike[str], model_cfg: T5Config, kind: type = LoraConfig
+                  ) -> tuple[Any, Params]:
+    """(config, adapter params in host memory) of a `save_adapters` dir of `kind` (LoraConfig
+    or `prompt.PromptConfig`), checked against the adapters `model_cfg` gets from it."""
     import orbax.checkpoint as ocp
+
+    from flan_jax.errors import CheckpointError
     path = Path(path)
-    raw = json.loads((path / "lora_config.json").read_text())
-    cfg = LoraConfig(**{f.name: raw[f.name] for f in dataclasses.fields(LoraConfig)})
-    target = split_params(abstract_lora_model(model_cfg, cfg))[1]
+    if not (path / kind.CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path}: no {kind.CONFIG_FILE}, so not a {kind.FORMAT} "
+                              "adapters directory")
+    raw = json.loads((path / kind.CONFIG_FILE).read_text())
+    cfg = kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)})
+    target = split_params(cfg.adapted_model(model_cfg))[1]
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore((path / "params").absolute(), target)
     return cfg, jax.tree.map(np.asarray, params)
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-_BASE = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 
 
 def _layers_by_stack(model: nnx.Module) -> dict[str, list[nnx.Module]]:

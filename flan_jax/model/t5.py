@@ -3,7 +3,9 @@
 Inputs use seqio's `EncDecFeatureConverter` names. Packed rows pass `*_segment_ids`
 (0 = padding) and `*_positions` (restarting at 0 per example); without them, segments come
 from padding and positions count from 0. `init_cache` + `decode_step` run the decoder one
-token at a time and reproduce the full forward.
+token at a time and reproduce the full forward. With `T5Config.prompt_length` P > 0 the encoder
+runs over a soft prompt and the tokens (`prompt.prepend`): the encoded states are P + le long,
+while every `encoder_segment_ids` argument stays the input tokens' [b, le].
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flan_jax.model.attention import (Attention, AttentionInputs, prepare_attent
                                       resolve_backend)
 from flan_jax.model.config import T5Config
 from flan_jax.model.layers import MLP, Embed, RelativePositionBias, RMSNorm, dropout, param
+from flan_jax.model.prompt import extend_segment_ids, prepend, prompt_param
 
 Cache = dict[str, Any]
 
@@ -185,18 +188,37 @@ class T5(nnx.Module):
             self.logits_dense = param(rngs, nnx.initializers.normal(cfg.d_model**-0.5),
                                       (cfg.d_model, cfg.vocab_size), cfg.jnp_param_dtype,
                                       ("embed", "vocab"))
+        # Last, so the other params draw what they draw without a prompt.
+        self.prompt = (prompt_param(cfg, self.token_embedder.embedding, rngs)
+                       if cfg.prompt_length else None)  # [prompt_length, embed]
 
     def encode(self, encoder_input_tokens: jax.Array,
                encoder_segment_ids: jax.Array | None = None,
                encoder_positions: jax.Array | None = None,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-        """int [b, le] -> encoder states [b, le, embed] (compute dtype)."""
+        """int [b, le] -> encoder states [b, prompt_length + le, embed] (compute dtype)."""
         if encoder_segment_ids is None:
             encoder_segment_ids = default_segment_ids(encoder_input_tokens, self.cfg.pad_id)
         if encoder_positions is None:
             encoder_positions = default_positions(encoder_input_tokens)
         x = self.token_embedder(encoder_input_tokens)
+        if self.prompt is not None:
+            x, encoder_segment_ids, encoder_positions = prepend(
+                self.prompt[...], x, encoder_segment_ids, encoder_positions)
         return self.encoder(x, encoder_segment_ids, encoder_positions, rngs)
+
+    def _encoded_segment_ids(self, encoded: jax.Array, encoder_segment_ids: jax.Array
+                             ) -> jax.Array:
+        """The input tokens' segment ids [b, le] -> those of `encoded` [b, P + le, embed]."""
+        if self.prompt is not None:
+            encoder_segment_ids = extend_segment_ids(encoder_segment_ids,
+                                                     self.cfg.prompt_length)
+        if encoder_segment_ids.shape[1] != encoded.shape[1]:
+            raise ValueError(
+                f"encoder_segment_ids cover {encoder_segment_ids.shape[1]} positions (with a "
+                f"prompt_length={self.cfg.prompt_length} prompt), the encoded states "
+                f"{encoded.shape[1]}: pass the input tokens' segment ids")
+        return encoder_segment_ids
 
     def logits(self, y: jax.Array) -> jax.Array:
         """Final decoder states [b, l, embed] -> f32 logits [b, l, vocab]."""
@@ -213,7 +235,8 @@ class T5(nnx.Module):
                decoder_segment_ids: jax.Array | None = None,
                decoder_positions: jax.Array | None = None,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Teacher-forced decoder -> f32 logits [b, ld, vocab].
+        """Teacher-forced decoder -> f32 logits [b, ld, vocab]. `encoder_segment_ids`: the
+        input tokens' [b, le] (`encode`'s states may be longer: the prompt's).
 
         Without segment ids every decoder position is live: the first input token is the
         start token, which equals the pad id in T5, so padding can't be inferred from tokens.
@@ -224,7 +247,7 @@ class T5(nnx.Module):
             decoder_positions = default_positions(decoder_input_tokens)
         y = self.token_embedder(decoder_input_tokens)
         y = self.decoder(y, encoded, decoder_segment_ids, decoder_positions,
-                         encoder_segment_ids, rngs)
+                         self._encoded_segment_ids(encoded, encoder_segment_ids), rngs)
         return self.logits(y)
 
     def __call__(self, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array, *,
@@ -242,7 +265,8 @@ class T5(nnx.Module):
 
     def init_cache(self, encoded: jax.Array, encoder_segment_ids: jax.Array,
                    max_decode_len: int) -> Cache:
-        """Decoding state: per-layer cross k/v from `encoded`, empty self k/v, index 0."""
+        """Decoding state: per-layer cross k/v from `encoded`, empty self k/v, index 0
+        (`encoder_segment_ids`: the input tokens', as in `decode`)."""
         cfg = self.cfg
         b = encoded.shape[0]
         zeros = jnp.zeros((b, max_decode_len, cfg.num_heads, cfg.head_dim), cfg.jnp_dtype)
@@ -252,7 +276,8 @@ class T5(nnx.Module):
             layers.append({"self_k": zeros, "self_v": zeros,
                            "cross_k": cross_k, "cross_v": cross_v})
         return {"index": jnp.zeros((), jnp.int32),
-                "encoder_segment_ids": encoder_segment_ids.astype(jnp.int32),
+                "encoder_segment_ids": self._encoded_segment_ids(
+                    encoded, encoder_segment_ids).astype(jnp.int32),
                 "layers": tuple(layers)}
 
     def decode_step(self, cache: Cache, tokens: jax.Array) -> tuple[jax.Array, Cache]:

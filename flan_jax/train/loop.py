@@ -4,12 +4,15 @@
       config.gin            the operative gin config of the run (what it was trained with)
       model/                the final model as a flan-jax dir (`flan-jax infer` reads it),
                             with trained_on.json: its mixture and feature converter
-                            (a LoRA run: the base with the adapters merged in)
-      adapters/             a LoRA run's adapters alone (`lora.save_adapters`)
-      lora_base.json        a LoRA run's base (train.init_from) fingerprint: a resume on
-                            another base is refused
-      checkpoints/<step>/   orbax: train state + data position (resume is exact); a LoRA
-                            run's holds only the adapters and their optimizer state
+                            (a LoRA run: the base with the adapters merged in; a prompt-
+                            tuning run: the base with its prompt, T5Config.prompt_length)
+      adapters/             an adapters-only run's adapters alone (`lora.save_adapters`:
+                            lora_config.json or prompt_config.json + params/)
+      lora_base.json        an adapters-only run's base (train.init_from) fingerprint: a
+                            resume on another base is refused
+      checkpoints/<step>/   orbax: train state + data position (resume is exact); an
+                            adapters-only run's holds only the adapters and their
+                            optimizer state
       train/                TensorBoard events + metrics.jsonl (loss, accuracy, lr, ...)
       eval/                 TensorBoard events + metrics.jsonl + step_<N>.json per eval
 
@@ -40,13 +43,13 @@ from flan_jax.distributed import StepWatchdog
 from flan_jax.errors import ConfigError
 from flan_jax.faults import kill_point
 from flan_jax.model.config import RUN_FIELDS, T5Config
-from flan_jax.model.lora import LoraConfig, adapter_params, merge_lora, save_adapters
+from flan_jax.model.lora import LoraConfig, merge_lora, save_adapters
 from flan_jax.model.params import create_model, params_of
 from flan_jax.train import data as data_lib
 from flan_jax.train import evaluate as eval_lib
 from flan_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from flan_jax.train.metrics import MetricsWriter, ProgressBar, Throughput
-from flan_jax.train.setup import setup_run
+from flan_jax.train.setup import RunSetup, setup_run
 from flan_jax.train.step import TrainState, init_state, train_step
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,13 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     `init_from`: a Hugging Face or flan-jax model directory to finetune: its config gives the
     architecture, gin the run settings (`T5Config` dropout, dtypes, remat, backend); a gin
     binding that would change a shape field is refused; its weights are read straight into
-    their shardings. With `LoraConfig.rank` > 0 (gin/peft/lora.gin) only LoRA adapters
-    train: `init_from`'s weights stay frozen (read again on resume, never checkpointed), and
-    `model/` is them with the adapters merged in. With `evaluate`, `eval_every=0` evaluates
-    at the start (if `eval_at_start`) and the end only. `on_nonfinite`: "stop" raises
-    NonFiniteLossError, "skip" drops that update.
+    their shardings. An adapters-only run trains only its adapters: LoRA's with
+    `LoraConfig.rank` > 0 (gin/peft/lora.gin), a soft prompt with `PromptConfig.length` > 0
+    (gin/peft/prompt_tuning.gin). `init_from`'s weights then stay frozen (read again on
+    resume, never checkpointed), and `model/` is them with the adapters merged in (LoRA) or
+    with the prompt added (a model with `T5Config.prompt_length`). With `evaluate`,
+    `eval_every=0` evaluates at the start (if `eval_at_start`) and the end only.
+    `on_nonfinite`: "stop" raises NonFiniteLossError, "skip" drops that update.
     `step_timeout`: seconds without a finished step (after the first) before the process exits
     with a StepTimeoutError, so a multi-host run whose peer died stops instead of hanging.
     """
@@ -97,15 +102,16 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     run = setup_run(init_from)
     data_cfg, loss_cfg, eval_cfg, cfg = run.data, run.loss, run.eval, run.model_cfg
     optimizer, schedule, rules, lora = run.optimizer, run.schedule, run.rules, run.lora
-    if lora.enabled and init_from is None:
-        raise ConfigError(f"LoraConfig.rank={lora.rank} trains adapters on a base model: set "
+    adapters = run.adapters  # None: every param trains
+    if adapters is not None and init_from is None:
+        raise ConfigError(f"{run.adapters_binding} trains adapters on a base model: set "
                           "train.init_from to its directory (e.g. --gin_file=runs/finetune.gin)")
     if init_from is not None:
         log.info("finetuning %s (%s, %d+%d layers) with %s", init_from, cfg.feed_forward,
                  cfg.num_encoder_layers, cfg.num_decoder_layers,
                  ", ".join(f"{k}={getattr(cfg, k)!r}" for k in RUN_FIELDS))
-    if lora.enabled:
-        log.info("training %s; the base weights are frozen", lora.describe())
+    if adapters is not None:
+        log.info("training %s; the base weights are frozen", adapters.describe())
     mesh = parallel.make_mesh(run.mesh)
     graphdef = _graphdef(run.abstract_model)
     abstract_params = run.abstract_params
@@ -119,7 +125,7 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
     rep = parallel.replicated(mesh)
     state_shard = TrainState(step=rep, params=p_shard, opt_state=o_shard)
     batch_shard = parallel.batch_sharding(mesh, rules)
-    frozen_shard = None if not lora.enabled else parallel.param_shardings(
+    frozen_shard = None if adapters is None else parallel.param_shardings(
         run.abstract_frozen, run.frozen_axes, rules, mesh)
 
     step_fn = jax.jit(
@@ -128,17 +134,17 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
                           dropout_seed=seed if dropout and (cfg.dropout_rate > 0
                                                             or lora.dropout > 0) else None,
                           skip_nonfinite=on_nonfinite == "skip"),
-        in_shardings=(state_shard, batch_shard, *([frozen_shard] if lora.enabled else [])),
+        in_shardings=(state_shard, batch_shard, *([] if adapters is None else [frozen_shard])),
         out_shardings=(state_shard, rep), donate_argnums=0)
 
     ckpt = Checkpointer(model_dir / "checkpoints", save_every=checkpoint_every,
                         keep=keep_checkpoints)
     reader = None
     try:
-        if lora.enabled:  # (before any of the base is read)
+        if adapters is not None:  # (before any of the base is read)
             _check_base(model_dir, init_from, resuming=ckpt.latest_step() is not None)
-        start, state, position, frozen = _initial_state(ckpt, cfg, seed, init_from, optimizer,
-                                                        state_shard, lora, frozen_shard)
+        start, state, position, frozen = _initial_state(ckpt, run, seed, init_from,
+                                                        state_shard, frozen_shard)
         frozen_args = () if frozen is None else (frozen,)  # the step's third argument
         # Before the config is written and the step-0 eval: a bad mixture name, a missing
         # file or another saved stream fails here, before any work.
@@ -150,7 +156,8 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         final_eval = model_dir / "eval" / f"step_{total_steps}.json"
         need_eval = evaluate and not final_eval.exists()
         need_export = not (model_dir / "model" / "config.json").exists() or (
-            lora.enabled and not (model_dir / "adapters" / "lora_config.json").exists())
+            adapters is not None
+            and not (model_dir / "adapters" / adapters.CONFIG_FILE).exists())
         finishing = start == total_steps and (need_eval or need_export)
         # (seqio reads every eval example now: a bad validation row fails here too)
         evaluator = (eval_lib.Evaluator(eval_cfg, data_cfg.mixture_or_task_name,
@@ -173,10 +180,10 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
         log.info("%s is at step %d but lacks its %s: completing them", model_dir, start,
                  " and ".join(x for x, need in (("final eval", need_eval),
                                                 ("model/ export", need_export)) if need))
-    throughput = Throughput.for_model(
-        cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"],
+    throughput = Throughput.for_model(  # (the encoder runs over the prompt too)
+        cfg, data_cfg.batch_size, data_cfg.task_feature_lengths["inputs"] + cfg.prompt_length,
         data_cfg.task_feature_lengths["targets"], peak_flops_per_device=peak_flops_per_device,
-        lora=lora)
+        lora=lora, frozen_base=adapters is not None)
     result = RunResult(step=start, model_dir=model_dir, evals={})
     # A resumed run logs each step once: what the killed run logged after `start` goes (and
     # the eval of `start` itself when it is redone: step 0, or a final eval being finished).
@@ -247,12 +254,15 @@ def train(*, model_dir: str = gin.REQUIRED, total_steps: int = gin.REQUIRED,
             if step > start or need_export:
                 kill_point("before_export")  # (tests: a real SIGKILL after the checkpoint)
                 params = state.params
-                if lora.enabled:
+                if adapters is not None:
                     _on_process_0(state.params, lambda host, alone: save_adapters(
-                        model_dir / "adapters", lora, host, base=str(init_from),
+                        model_dir / "adapters", adapters, host, base=str(init_from),
                         overwrite=True, alone=alone), "adapters")
+                if isinstance(adapters, LoraConfig):
                     params = jax.jit(functools.partial(merge_lora, cfg=lora),
                                      out_shardings=frozen_shard)(frozen, state.params)
+                elif adapters is not None:  # a prompt: the base plus it (cfg has its length)
+                    params = {**frozen, **state.params}
                 _export(model_dir / "model", cfg, params, data_cfg)
     finally:
         watchdog.close()
@@ -274,30 +284,32 @@ def _merge(graphdef, params, frozen=None):
     return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, frozen, params)
 
 
-def _initial_state(ckpt: Checkpointer, cfg: T5Config, seed: int, init_from: str | None,
-                   optimizer, state_shard: TrainState, lora: LoraConfig, frozen_shard: Any
+def _initial_state(ckpt: Checkpointer, run: RunSetup, seed: int, init_from: str | None,
+                   state_shard: TrainState, frozen_shard: Any
                    ) -> tuple[int, TrainState, dict[str, Any] | None, Any]:
     """(step, state, data position, frozen params): restored from the latest good
     checkpoint, else fresh: `init_from`'s weights read straight into their shardings, or
-    initialised from `seed`. A LoRA run's state is its adapters (fresh: from `seed`, B zero)
-    and its frozen params `init_from`'s, read every time; otherwise nothing is frozen (None)."""
+    initialised from `seed`. An adapters-only run's state is its adapters (fresh:
+    `run.initial_adapters`: LoRA's B zero, a prompt of the base's embeddings) and its frozen
+    params `init_from`'s, read every time; otherwise nothing is frozen (None)."""
     from flan_jax.model.io import load_sharded
-    frozen = load_sharded(init_from, cfg, frozen_shard) if lora.enabled else None
+    cfg, optimizer, only_adapters = run.model_cfg, run.optimizer, run.adapters is not None
+    frozen = load_sharded(init_from, run.base_cfg, frozen_shard) if only_adapters else None
 
-    def fresh() -> TrainState:
-        if lora.enabled:
-            return init_state(adapter_params(cfg, lora, seed), optimizer)
+    def fresh(frozen) -> TrainState:
+        if only_adapters:
+            return init_state(run.initial_adapters(frozen, seed), optimizer)
         return init_state(params_of(create_model(cfg, seed)), optimizer)
 
     if ckpt.latest_step() is None:
-        if init_from is None or lora.enabled:
-            return 0, jax.jit(fresh, out_shardings=state_shard)(), None, frozen
+        if init_from is None or only_adapters:
+            return 0, jax.jit(fresh, out_shardings=state_shard)(frozen), None, frozen
         params = load_sharded(init_from, cfg, state_shard.params)
         opt_state = jax.jit(optimizer.init, out_shardings=state_shard.opt_state)(params)
         step = jax.device_put(np.zeros((), np.int32), state_shard.step)
         return 0, TrainState(step, params, opt_state), None, None
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(fresh), state_shard)
+                            jax.eval_shape(fresh, frozen), state_shard)
     try:
         step, restored, position = ckpt.restore(abstract.as_dict())
     except CheckpointMismatchError as e:
@@ -316,6 +328,15 @@ def _mismatch_hint(error: CheckpointMismatchError, model_dir: Path) -> str:
     if any("/lora/" in name for name in error.missing):
         return ("This run trains LoRA adapters (LoraConfig.rank > 0) but it holds a full "
                 "run's state: train in a fresh model_dir, or drop the LoRA bindings.")
+    prompt_stored, prompt_wanted = ("params/prompt" in error.unexpected,
+                                    "params/prompt" in error.missing)
+    if prompt_stored and not prompt_wanted:
+        return ("It holds a prompt-tuning run's soft prompt: resume with the PromptConfig "
+                f"bindings of {model_dir / 'config.gin'} "
+                "(e.g. --gin_file=peft/prompt_tuning.gin).")
+    if prompt_wanted and not prompt_stored:
+        return ("This run trains a soft prompt (PromptConfig.length > 0) but it holds another "
+                "run's state: train in a fresh model_dir, or drop the PromptConfig bindings.")
     if not error.missing and not error.unexpected and all(
             name.startswith("opt_state/") and math.prod(have) == math.prod(want)
             for name, have, want in error.mismatches):
@@ -386,8 +407,8 @@ BASE_RECORD = "lora_base.json"
 
 
 def _check_base(model_dir: Path, init_from: str, *, resuming: bool) -> None:
-    """A LoRA run's checkpoints hold only adapters, trained on `init_from` as it was: a
-    resume on another base would continue silently wrong. The first start records the
+    """An adapters-only run's checkpoints hold only adapters, trained on `init_from` as it
+    was: a resume on another base would continue silently wrong. The first start records the
     base's `checksums.fingerprint`; a resume must find the same files (moved is fine)."""
     from flan_jax.atomic import atomic_file
     from flan_jax.train.checksums import fingerprint
@@ -400,7 +421,7 @@ def _check_base(model_dir: Path, init_from: str, *, resuming: bool) -> None:
             if then["files"][f] != now["files"][f]})
         if changed:
             raise ConfigError(
-                f"train.init_from={init_from!r} is not the base model this LoRA run started "
+                f"train.init_from={init_from!r} is not the base model this run started "
                 f"from ({then['init_from']}; {changed[0]} differs, {len(changed)} files in "
                 f"all, see {record}): its adapters only fit that base. Give the original "
                 "base, or a new train.model_dir to train adapters on this one")

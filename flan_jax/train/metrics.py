@@ -179,10 +179,12 @@ class Throughput:
     @classmethod
     def for_model(cls, cfg: T5Config, batch_size: int, inputs_length: int,
                   targets_length: int, *, peak_flops_per_device: float | None = None,
-                  num_devices: int | None = None, lora: Any = None) -> "Throughput":
+                  num_devices: int | None = None, lora: Any = None,
+                  frozen_base: bool = False) -> "Throughput":
         """`batch_size` is global; lengths are the (packed) feature lengths; `lora`: the
-        run's LoraConfig (its frozen base has no weight gradients)."""
-        return cls(train_flops(cfg, batch_size, inputs_length, targets_length, lora),
+        run's LoraConfig, `frozen_base`: only adapters train (no base weight gradients)."""
+        return cls(train_flops(cfg, batch_size, inputs_length, targets_length, lora,
+                               frozen_base=frozen_base),
                    peak_flops_per_device,
                    jax.device_count() if num_devices is None else num_devices)
 

@@ -3,8 +3,8 @@
 The loss is summed over target tokens inside each microbatch and normalized once for the
 whole batch, so gradient accumulation over k microbatches gives the same update as one big
 batch. Dropout keys derive from (seed, step), so a resumed run draws the same masks.
-A parameter-efficient run (LoRA) keeps the base params out of the state: they come in as
-`frozen`, are never differentiated and have no optimizer state.
+A parameter-efficient run (LoRA, prompt tuning) keeps the base params out of the state: they
+come in as `frozen`, are never differentiated and have no optimizer state.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ NORMALIZATIONS = ("tokens", "constant")
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar
-    params: Params  # the trained params: all of them, or a LoRA run's adapters
+    params: Params  # the trained params: all of them, or an adapters-only run's adapters
     opt_state: optax.OptState
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,8 +115,8 @@ def train_step(state: TrainState, batch: Batch, frozen: Params | None = None, *,
     """One optimizer update from `batch` (accumulated over `microbatches` if > 1).
 
     Pass it to `jax.jit` with the static keyword arguments bound (functools.partial).
-    `frozen`: params the model needs but that are not trained (a LoRA run's base; the
-    graphdef is then the adapted model's): the gradient, the update and `param_norm` cover
+    `frozen`: params the model needs but that are not trained (a LoRA or prompt-tuning run's
+    base; the graphdef is then the adapted model's): the gradient, the update and `param_norm` cover
     `state.params` alone.
     `dropout_seed=None` disables dropout (the model's dropout_rate is then unused).
     `skip_nonfinite`: a step whose loss or gradients are not finite leaves params and

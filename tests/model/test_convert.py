@@ -182,3 +182,14 @@ def test_a_decoder_only_model_is_not_exported_as_a_hugging_face_t5(tmp_path):
     with pytest.raises(CheckpointError, match="architecture='decoder_only'"):
         save_hf_checkpoint(tmp_path / "hf", cfg, params_of(create_model(cfg)))
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_prompt_tuned_model_has_no_hf_layout(tmp_path):
+    """HF's T5 has no soft prompt: the export is refused rather than dropping it."""
+    from flan_jax.model import create_model, get_config, params_of
+    from flan_jax.model.convert import save_hf_checkpoint
+
+    cfg = get_config("tiny", prompt_length=3)
+    with pytest.raises(CheckpointError, match="prompt_length=3: Hugging Face's T5 has no soft"):
+        save_hf_checkpoint(tmp_path / "hf", cfg, params_of(create_model(cfg)))
+    assert not (tmp_path / "hf").exists()

@@ -78,3 +78,9 @@ def test_lora_train_flops_match_xla_cost_analysis_of_the_adapter_gradient(archit
     assert 0.8 * xla <= ours <= 1.05 * xla, (ours, xla)
     full = train_flops(cfg, b, le, ld)  # 3 forwards
     assert 2 / 3 * full < ours < full
+
+
+def test_a_frozen_base_costs_two_forwards():
+    """A prompt-tuning run: no weight gradients anywhere but the prompt's (negligible)."""
+    cfg = get_config("tiny")
+    assert train_flops(cfg, 2, 48, 16, frozen_base=True) == 2 * forward_flops(cfg, 2, 48, 16)
