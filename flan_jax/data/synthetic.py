@@ -107,10 +107,18 @@ def source(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES
                            for split in sizes}, _signature(fam))
 
 
-def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES) -> FlanTask:
+def base_name(fam: Family, variant: str = "") -> str:
+    """The family's task base name: `synth_<family>`, `synth_varied_<family>` in the varied
+    phrasing, and `variant` (e.g. "skewed") before the family name when given."""
+    parts = [p for p in (fam.phrasing if fam.phrasing != "simple" else "", variant) if p]
+    return TASK_PREFIX + "".join(f"{p}_" for p in parts) + fam.name
+
+
+def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES,
+         variant: str = "") -> FlanTask:
     """The FlanTask of one family: its templates, CoT and inversion, seeded option styles."""
     return FlanTask(
-        name=TASK_PREFIX + fam.name, source=source(fam, seed=seed, sizes=sizes),
+        name=base_name(fam, variant), source=source(fam, seed=seed, sizes=sizes),
         templates=fam.templates, inversion_templates=fam.inversion_templates,
         cot_templates=fam.cot_templates, cot=CotFields() if fam.cot_templates else None,
         few_shot=FEW_SHOT, randomize_options=True, options_required=fam.options_required,
@@ -118,9 +126,13 @@ def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES) 
 
 
 def specs(*, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES,
-          held_out: bool | None = None) -> tuple[FlanTask, ...]:
-    """Specs of every family (`held_out=True/False` selects evaluation-only or training ones)."""
-    return tuple(spec(f, seed=seed, sizes=sizes) for f in FAMILIES
+          held_out: bool | None = None, phrasing: str = "simple") -> tuple[FlanTask, ...]:
+    """Specs of every family (`held_out=True/False` selects evaluation-only or training ones)
+    in a phrasing (`flan_jax.data.phrasing`: "simple", or "varied" for the same facts in
+    harder, more varied words)."""
+    from flan_jax.data.phrasing import phrased
+
+    return tuple(spec(phrased(f, phrasing), seed=seed, sizes=sizes) for f in FAMILIES
                  if held_out is None or f.held_out == held_out)
 
 

@@ -32,6 +32,10 @@ class Family:
     cot_templates: tuple[T, ...] = ()
     held_out: bool = False  # kept out of the training mixture, for zero-shot evaluation
     options_required: bool = False  # the options are part of the question
+    # Fields whose wording may change without changing the answer (the varied phrasing
+    # rewords them, `flan_jax.data.phrasing`): stories, questions, rationales.
+    prose: tuple[str, ...] = ()
+    phrasing: str = "simple"
 
 
 NAMES = ("Ana", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jack",
@@ -112,6 +116,7 @@ def _arithmetic(rng: random.Random) -> Example:
 
 ARITHMETIC = Family(
     "arithmetic", "addition, subtraction and multiplication of small numbers", _arithmetic,
+    prose=("question", "rationale"),
     templates=(
         T("{question}", "{answer}"),
         T("Compute the following. {question}", "{answer}"),
@@ -149,6 +154,7 @@ def _comparison(rng: random.Random) -> Example:
 
 COMPARISON = Family(
     "comparison", "which of two numbers is larger or smaller", _comparison,
+    prose=("relation", "rationale"),
     templates=(
         T("Which number is {relation}: {a} or {b}?\n{options_}", "{answer}"),
         T("Compare {a} and {b}. Which one is {relation}?\n{options_}", "{answer}"),
@@ -178,6 +184,7 @@ def _sorting(rng: random.Random) -> Example:
 
 SORTING = Family(
     "sorting", "sort a short list of numbers", _sorting,
+    prose=("order",),
     templates=(
         T("Sort these numbers from {order}: {numbers}", "{answer}"),
         T("Put the following list in order, {order}.\n{numbers}", "{answer}"),
@@ -211,6 +218,7 @@ def _counting(rng: random.Random) -> Example:
 
 COUNTING = Family(
     "counting", "how often a word appears in a list", _counting,
+    prose=("rationale",),
     templates=(
         T("How many times does {target} appear in this list? {items}", "{answer}"),
         T("List: {items}\nCount the number of times the word {target} occurs.", "{answer}"),
@@ -268,6 +276,7 @@ def _sequence(rng: random.Random) -> Example:
 
 SEQUENCE = Family(
     "sequence", "continue an arithmetic sequence", _sequence,
+    prose=("rationale",),
     templates=(
         T("What comes next in the sequence {sequence}, ...?", "{answer}"),
         T("Continue the pattern: {sequence},", "{answer}"),
@@ -298,6 +307,7 @@ def _units(rng: random.Random) -> Example:
 
 UNIT_CONVERSION = Family(
     "unit_conversion", "convert between units", _units,
+    prose=("question", "rationale"),
     templates=(
         T("{question}", "{answer}"),
         T("Convert {amount} {big} into {small}.", "{answer}"),
@@ -338,6 +348,7 @@ def _weekday(rng: random.Random) -> Example:
 
 WEEKDAY = Family(
     "weekday", "which weekday it is some days before or after", _weekday, held_out=True,
+    prose=("rationale",),
     templates=(
         T("If today is {today}, what day of the week is it {when}?\n{options_}", "{answer}"),
         T("Today is {today}. Which day is {when}?\n{options_}", "{answer}"),
@@ -382,6 +393,7 @@ def _true_false(rng: random.Random) -> Example:
 
 TRUE_FALSE = Family(
     "true_false", "judge simple statements true or false", _true_false,
+    prose=("statement",),
     templates=(
         T("Is the following statement true or false?\n{statement}\n{options_}", "{answer}"),
         T("Statement: {statement}\nTrue or false?\n{options_}", "{answer}"),
@@ -448,6 +460,7 @@ def _word_problem(rng: random.Random) -> Example:
 
 WORD_PROBLEM = Family(
     "word_problem", "one-step arithmetic stories", _word_problem,
+    prose=("story", "question", "rationale"),
     templates=(
         T("{story} {question}", "{answer}"),
         T("Read the story and answer.\n{story}\n{question}", "{answer}"),
@@ -507,6 +520,7 @@ def _parity(rng: random.Random) -> Example:
 
 PARITY = Family(
     "parity", "whether a number is even or odd", _parity,
+    prose=("rationale",),
     templates=(
         T("Is {number} even or odd?\n{options_}", "{answer}"),
         T("Number: {number}\nEven or odd?\n{options_}", "{answer}"),
@@ -540,6 +554,7 @@ def _sentiment(rng: random.Random) -> Example:
 
 SENTIMENT = Family(
     "sentiment", "whether a short review is positive or negative", _sentiment, held_out=True,
+    prose=("text",),
     templates=(
         T("Is the sentiment of this text positive or negative?\n{text}\n{options_}", "{answer}"),
         T("Review: {text}\nHow does the writer feel?\n{options_}", "{answer}"),
@@ -567,6 +582,7 @@ def _letters(rng: random.Random) -> Example:
 
 LETTERS = Family(
     "letters", "first and last letters and word length", _letters,
+    prose=("ask",),
     templates=(
         T("Tell me {ask} the word \"{word}\".", "{answer}"),
         T("Word: {word}\nQuestion: {ask} it?", "{answer}"),
