@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from flan_jax.errors import ConfigError
 
 RESULT = "study_result.json"
 GROUPS = {"held_in": "flan_jax_default_held_in", "held_out": "flan_jax_default_held_out"}
-X_AXES = ("params", "tokens", "compute")
 
 
 @gin.configurable
@@ -38,18 +36,25 @@ class Study:
     """`axes`: {axis: {value name: [gin bindings]}}, e.g. {"size": {"s": ["T5Config.d_model
     = 64"], ...}, "seed": {"0": ["train.seed = 0"], ...}}; run names join "axis=value".
     `loss_groups`: {group: mixture} whose validation loss per target token is measured on
-    every final model (teacher forced, the same examples for every run): the fits' L.
-    `loss_batches` x the run's eval batch size examples per group."""
+    every final model (teacher forced, the same examples for every run): the fits' L; None
+    (the default) measures each run on its own EvalConfig.groups (e.g. a phrasing axis whose
+    runs each evaluate their own phrasing). `loss_batches` x the run's eval batch size
+    examples per group. `fit_by`: an axis whose values are fitted apart (one power law per
+    value, e.g. per phrasing); None fits all runs together."""
 
     name: str = "study"
     output_dir: str = "/tmp/flan_jax_study"
     gin_files: tuple[str, ...] = ("runs/demo.gin",)
     bindings: tuple[str, ...] = ()
     axes: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
-    loss_groups: dict[str, str] = dataclasses.field(default_factory=lambda: dict(GROUPS))
+    loss_groups: dict[str, str] | None = None
     loss_batches: int = 2
+    fit_by: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fit_by is not None and self.fit_by not in self.axes:
+            raise ConfigError(f"Study.fit_by={self.fit_by!r} is not an axis "
+                              f"(axes: {sorted(self.axes)})")
         for axis, values in self.axes.items():
             if not values:
                 raise ConfigError(f"Study.axes[{axis!r}] has no values")
@@ -98,6 +103,15 @@ def describe(point: Point) -> dict[str, Any]:
         raise ConfigError(f"study run {point.name}: {e}") from e
     finally:
         gin.clear_config()
+    from flan_jax.train.evaluate import written_groups
+    trained = run.data.mixture_or_task_name
+    if run.eval.groups is not None and written_groups(run.eval, trained) is None:
+        raise ConfigError(
+            f"study run {point.name}: EvalConfig.groups were written for "
+            f"{run.eval.groups_of!r} (EvalConfig.groups_of) but the run trains {trained!r}, "
+            f"so it would evaluate {trained!r}'s own tasks instead; bind "
+            "'EvalConfig.groups_of = None' to score every run on the same groups")
+    groups = written_groups(run.eval, trained)
     lengths = run.data.task_feature_lengths
     batch = run.data.batch_size
     params = int(sum(x.size for x in jax.tree.leaves(run.abstract_params)))
@@ -108,7 +122,8 @@ def describe(point: Point) -> dict[str, Any]:
     return {"params": params, "steps": steps, "batch": batch,
             "tokens": steps * batch * (lengths["inputs"] + lengths["targets"]),
             "compute": flops, "feature_converter": run.data.feature_converter,
-            "lengths": dict(lengths), "eval_batch": run.eval.batch_size}
+            "lengths": dict(lengths), "eval_batch": run.eval.batch_size,
+            "eval_groups": dict(groups) if groups is not None else None}
 
 
 def run_study(study: Study, *, limit: int | None = None, env: dict[str, str] | None = None,
@@ -118,6 +133,11 @@ def run_study(study: Study, *, limit: int | None = None, env: dict[str, str] | N
     out = Path(study.output_dir)
     grid = points(study)
     planned = {p.name: describe(p) for p in grid}  # (every run's gin, before any training)
+    losses = {name: study.loss_groups or plan["eval_groups"] for name, plan in planned.items()}
+    for name, groups in losses.items():
+        if not groups:
+            raise ConfigError(f"study run {name}: no loss groups: bind Study.loss_groups, or "
+                              "EvalConfig.groups for the run to be measured on")
     done = 0
     for i, p in enumerate(grid, 1):
         model_dir = out / "runs" / p.name
@@ -134,8 +154,10 @@ def run_study(study: Study, *, limit: int | None = None, env: dict[str, str] | N
         record = {"name": p.name, "values": p.values, **planned[p.name],
                   "train_seconds": time.perf_counter() - t0,
                   "accuracy": accuracies(model_dir, planned[p.name]["steps"]),
+                  "curve": curve(model_dir, planned[p.name]["tokens"] // max(
+                      planned[p.name]["steps"], 1)),
                   "eval_loss": eval_loss(model_dir / "model", planned[p.name]["feature_converter"],
-                                         planned[p.name]["lengths"], study.loss_groups,
+                                         planned[p.name]["lengths"], losses[p.name],
                                          study.loss_batches, planned[p.name]["eval_batch"])}
         from flan_jax.atomic import atomic_file
         with atomic_file(model_dir / RESULT) as f:
@@ -169,6 +191,20 @@ def accuracies(model_dir: Path, step: int) -> dict[str, dict[str, float]]:
                       "rank_accuracy": sum(rank) / len(rank) if rank else float("nan"),
                       "tasks": len(tasks)}
     return out
+
+
+def curve(model_dir: Path, tokens_per_step: int) -> list[list[float]]:
+    """[step, tokens, training loss] at each logged step (the last record of a step that a
+    resume logged twice)."""
+    from flan_jax.train.metrics import METRICS_FILE
+
+    by_step = {}
+    path = model_dir / "train" / METRICS_FILE
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        record = json.loads(line)
+        if "loss" in record:
+            by_step[int(record["step"])] = float(record["loss"])
+    return [[s, s * tokens_per_step, by_step[s]] for s in sorted(by_step)]
 
 
 def eval_loss(model_dir: Path, feature_converter: str, lengths: dict[str, int],
@@ -215,96 +251,12 @@ def eval_loss(model_dir: Path, feature_converter: str, lengths: dict[str, int],
 
 def write_results(study: Study, rows: list[dict[str, Any]], *, complete: bool
                   ) -> dict[str, Any]:
-    """results.json, results.md and the plots in `output_dir`; fits of each loss group
-    against each x where the runs give >= 4 points with >= 3 distinct x."""
-    from flan_jax.atomic import atomic_file
-    from flan_jax.study.fit import fit_power_law
-    out = Path(study.output_dir)
-    fits: dict[str, dict[str, Any]] = {}
-    for group in study.loss_groups:
-        for x in X_AXES:
-            xs = [r[x] for r in rows]
-            if len(rows) >= 4 and len(set(xs)) >= 3:
-                fit = fit_power_law(xs, [r["eval_loss"][group] for r in rows])
-                fits.setdefault(group, {})[x] = dataclasses.asdict(fit) | {
-                    "text": fit.describe({"params": "N", "tokens": "D", "compute": "C"}[x])}
-    results = {"study": study.name, "complete": complete, "runs": rows, "fits": fits}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "results.json") as f:
-        f.write(json.dumps(results, indent=1) + "\n")
-    with atomic_file(out / "results.md") as f:
-        f.write(table(results) + "\n")
-    if rows:
-        plot(results, out)
+    """results.json, results.md and the plots in `output_dir` (`report`): every run, the
+    seed summary per configuration and the power-law fits."""
+    from flan_jax.study import report
+
+    results = {"study": study.name, "complete": complete, "runs": rows,
+               "summary": report.summarize(rows),
+               "fits": report.fits(rows, by=study.fit_by)}
+    report.write(Path(study.output_dir), results)
     return results
-
-
-def table(results: dict[str, Any]) -> str:
-    rows = results["runs"]
-    groups = sorted({g for r in rows for g in r["accuracy"]})
-    losses = sorted({g for r in rows for g in r["eval_loss"]})
-    head = (["run", "params", "tokens", "train PFLOP"]
-            + [f"{g} {m}" for g in groups for m in ("acc", "rank acc")]
-            + [f"{g} loss" for g in losses] + ["train (s)"])
-    lines = [f"{results['study']}: {len(rows)} runs"
-             + ("" if results["complete"] else " (unfinished: more to train)"), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["name"], f"{r['params'] / 1e6:.3g}M", f"{r['tokens'] / 1e6:.3g}M",
-                 f"{r['compute'] / 1e15:.3g}"]
-        cells += [_pct(r["accuracy"].get(g, {}).get(m)) for g in groups
-                  for m in ("accuracy", "rank_accuracy")]
-        cells += [f"{r['eval_loss'][g]:.3f}" for g in losses]
-        lines.append("| " + " | ".join(cells + [f"{r['train_seconds']:.0f}"]) + " |")
-    for group, by_x in results["fits"].items():
-        lines += ["", f"{group} eval loss fits:"] + [f"- {fit['text']}" for fit in by_x.values()]
-    return "\n".join(lines)
-
-
-def _pct(v: float | None) -> str:
-    return "" if v is None or math.isnan(v) else f"{v:.1f}%"
-
-
-def plot(results: dict[str, Any], out: Path) -> list[Path]:
-    """<x>.png for x in params, tokens, compute: accuracy per group and eval loss (with the
-    fitted curve) against x, one marker series per value of the study's first axis."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = results["runs"]
-    groups = sorted({g for r in rows for g in r["accuracy"]})
-    losses = sorted({g for r in rows for g in r["eval_loss"]})
-    first = next(iter(rows[0]["values"]), None)
-    series = sorted({r["values"].get(first, "") for r in rows})
-    paths = []
-    for x in X_AXES:
-        fig, axs = plt.subplots(1, len(groups) + len(losses),
-                                figsize=(4 * (len(groups) + len(losses)), 3.4), squeeze=False)
-        for ax, (kind, g) in zip(axs[0], [("acc", g) for g in groups]
-                                 + [("loss", g) for g in losses]):
-            for s in series:
-                pts = [(r[x], r["accuracy"][g]["accuracy"] if kind == "acc"
-                        else r["eval_loss"][g]) for r in rows
-                       if r["values"].get(first, "") == s and g in r[
-                           "accuracy" if kind == "acc" else "eval_loss"]]
-                ax.plot(*zip(*sorted(pts)), "o-", label=f"{first}={s}" if first else None)
-            fit = results["fits"].get(g, {}).get(x) if kind == "loss" else None
-            if fit:
-                grid = np.geomspace(min(r[x] for r in rows), max(r[x] for r in rows), 50)
-                ax.plot(grid, fit["a"] * grid ** -fit["b"] + fit["c"], "k--", lw=1,
-                        label=f"fit b={fit['b']:.2f}±{fit['b_err']:.2f}")
-            ax.set_xscale("log")
-            ax.set_xlabel({"params": "parameters", "tokens": "training tokens",
-                           "compute": "training FLOPs"}[x])
-            ax.set_ylabel(f"{g} exact match (%)" if kind == "acc" else f"{g} eval loss")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(results["study"])
-        fig.tight_layout()
-        path = out / f"{x}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths

@@ -71,11 +71,10 @@ class Evaluator:
         import_modules(tuple(dict.fromkeys((*cfg.module_imports, *trained_modules))))
         self.cfg, self.feature_converter = cfg, feature_converter
         self.evaluators = {}
-        groups = cfg.groups
-        if groups is not None and trained and cfg.groups_of not in (None, trained):
+        groups = written_groups(cfg, trained)
+        if groups is None and cfg.groups is not None:
             log.info("evaluating %r itself: EvalConfig.groups are for %r", trained,
                      cfg.groups_of)
-            groups = None
         if groups is None:
             groups = follow_the_run(cfg, trained)
         groups = {**groups, **cfg.extra_groups}
@@ -113,6 +112,14 @@ class Evaluator:
                                    batch_size=self.cfg.batch_size,
                                    lengths=dict(self.cfg.task_feature_lengths),
                                    feature_converter=self.feature_converter)
+
+
+def written_groups(cfg: EvalConfig, trained: str | None) -> Mapping[str, str] | None:
+    """`cfg.groups`, or None where the run follows what it trains: no groups, or groups
+    written for another mixture (`groups_of`) than the one `trained`."""
+    if cfg.groups is not None and trained and cfg.groups_of not in (None, trained):
+        return None
+    return cfg.groups
 
 
 def follow_the_run(cfg: EvalConfig, trained: str | None) -> dict[str, str]:

@@ -76,8 +76,14 @@ def test_the_table_plots_and_fits_cover_every_run(study):
         assert set(r["eval_loss"]) == {"held_in", "held_out"}
         assert all(0 < v < 20 for v in r["eval_loss"].values())
         assert (study["out"] / "runs" / r["name"] / "model" / "config.json").is_file()
-    # 4 distinct compute values: L(C) is fitted; params and tokens have only 2 each.
-    assert set(results["fits"]) == {"held_in", "held_out"}
+    for r in runs.values():  # (log_every = 1: every step's training loss)
+        assert [s for s, _, _ in r["curve"]] == list(range(1, r["steps"] + 1))
+        assert r["curve"][-1][1] == r["tokens"]
+    # 4 distinct compute values: L(C) is fitted; params and tokens have only 2 each; and
+    # L(D) along the training curve of the largest run.
+    assert set(results["fits"]) == {"held_in", "held_out", "train_loss"}
+    assert results["fits"]["train_loss"]["tokens"]["run"] == "size=m,steps=4"
+    assert [s["config"] for s in results["summary"]] == list(runs)  # (no seed axis: n = 1)
     assert set(results["fits"]["held_in"]) == {"compute"}
     fit = results["fits"]["held_in"]["compute"]
     assert fit["points"] == 4 and fit["text"].startswith("L(C) = ")
@@ -112,3 +118,47 @@ def test_eval_loss_scores_a_model_on_its_own_features(tmp_path):
     assert set(loss) == set(GROUPS)
     # an untrained model: about the log of the vocabulary (512) per target token
     assert all(0.5 * math.log(512) < v < 2 * math.log(512) for v in loss.values()), loss
+
+
+def test_groups_written_for_another_mixture_are_refused(tmp_path, capsys):
+    """demo.gin's groups are for flan_jax_default (groups_of): a run training another
+    mixture would quietly score that mixture's tasks, so the study refuses it up front."""
+    text = STUDY.format(out=tmp_path / "out").replace(
+        "'steps': {'2'",
+        "'mix': {'zs': [\"DataConfig.mixture_or_task_name = 'flan_jax_default_zs_only'\"]},"
+        " 'steps': {'2'")
+    assert "flan_jax_default_zs_only" in text
+    (tmp_path / "bad.gin").write_text(text)
+    assert main(["study", f"--gin_file={tmp_path / 'bad.gin'}"]) == 2
+    err = capsys.readouterr().err
+    assert "EvalConfig.groups_of = None" in err and "flan_jax_default_zs_only" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def _row(mixture, seed, acc, loss):
+    return {"name": f"mixture={mixture},seed={seed}", "values": {"mixture": mixture,
+                                                               "seed": str(seed)},
+            "params": 1000, "tokens": 5000, "compute": 1e9, "steps": 10, "train_seconds": 1.0,
+            "accuracy": {"held_out": {"accuracy": acc, "rank_accuracy": acc + 10, "tasks": 2}},
+            "eval_loss": {"held_out": loss}}
+
+
+def test_seeds_are_summarized_per_configuration(tmp_path):
+    from flan_jax.study import report
+
+    rows = [_row("a", 0, 10.0, 2.0), _row("a", 1, 20.0, 1.0), _row("b", 0, 50.0, 0.5),
+            _row("b", 1, 50.0, 0.5), _row("b", 2, 80.0, 0.5)]
+    summary = report.summarize(rows)
+    assert [s["config"] for s in summary] == ["mixture=a", "mixture=b"]
+    a, b = (s["metrics"] for s in summary)
+    assert a["held_out acc"]["mean"] == 15.0 and a["held_out acc"]["n"] == 2
+    assert a["held_out acc"]["sd"] == pytest.approx(7.0711, abs=1e-4)
+    assert b["held_out rank acc"]["mean"] == 70.0 and b["held_out loss"]["sd"] == 0.0
+    assert summary[1]["seeds"] == ["0", "1", "2"]
+    results = {"study": "s", "complete": True, "runs": rows, "summary": summary, "fits": {}}
+    report.write(tmp_path, results)
+    md = (tmp_path / "results.md").read_text()
+    assert "| mixture=a | 2 | 15.0 ± 7.1 | 25.0 ± 7.1 | 1.500 ± 0.707 |" in md
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
+    # nothing varies in params / tokens / compute: no plots against them
+    assert not any((tmp_path / f"{x}.png").exists() for x in report.X_AXES)
