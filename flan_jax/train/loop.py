@@ -8,8 +8,8 @@
                             tuning run: the base with its prompt, T5Config.prompt_length)
       adapters/             an adapters-only run's adapters alone (`lora.save_adapters`:
                             lora_config.json or prompt_config.json + params/)
-      lora_base.json        an adapters-only run's base (train.init_from) fingerprint: a
-                            resume on another base is refused
+      frozen_base.json      an adapters-only (LoRA, prompt) run's base (train.init_from)
+                            fingerprint: a resume on another base is refused
       checkpoints/<step>/   orbax: train state + data position (resume is exact); an
                             adapters-only run's holds only the adapters and their
                             optimizer state
@@ -403,7 +403,8 @@ def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -
         path, cfg, host, overwrite=True, alone=alone, extra=record), "export")
 
 
-BASE_RECORD = "lora_base.json"
+BASE_RECORD = "frozen_base.json"
+OLD_BASE_RECORD = "lora_base.json"  # its name before prompt tuning shared it; still read
 
 
 def _check_base(model_dir: Path, init_from: str, *, resuming: bool) -> None:
@@ -413,6 +414,8 @@ def _check_base(model_dir: Path, init_from: str, *, resuming: bool) -> None:
     from flan_jax.atomic import atomic_file
     from flan_jax.train.checksums import fingerprint
     record = model_dir / BASE_RECORD
+    if not record.is_file() and (model_dir / OLD_BASE_RECORD).is_file():
+        record = model_dir / OLD_BASE_RECORD
     now = {"init_from": str(init_from), "files": fingerprint(Path(init_from))}
     if resuming and record.is_file():
         then = json.loads(record.read_text())

@@ -58,14 +58,17 @@ def make_optimizer(name: str = "adafactor", *, schedule: optax.Schedule | None =
                    clip_grad_norm: float | None = None, weight_decay: float = 0.0,
                    adafactor_decay_rate: float = 0.8, adafactor_clipping_threshold: float = 1.0,
                    adafactor_momentum: float | None = None,
-                   adafactor_factor_like_t5x: bool = True, param_axes: Any = None,
+                   adafactor_factor_like_t5x: bool = True,
+                   adafactor_multiply_by_parameter_scale: bool = True, param_axes: Any = None,
                    adamw_b1: float = 0.9, adamw_b2: float = 0.999, adamw_eps: float = 1e-8
                    ) -> optax.GradientTransformation:
     """`param_axes`: the params' logical axes (`flan_jax.model.param_axes`). With them and
     `adafactor_factor_like_t5x`, Adafactor sees every param in t5x's 2-D layout (see
     `factor_like_t5x`), so attention kernels get factored second moments as in t5x; without
     them (or with the switch off) it sees the stored shapes, and [embed, heads, kv] kernels
-    with head_dim < 128 keep a full second moment."""
+    with head_dim < 128 keep a full second moment. `adafactor_multiply_by_parameter_scale`:
+    each update scaled by its param's RMS (t5x's default); prompt tuning turns it off, as
+    Lester et al. did, so the learning rate is the step size itself."""
     global _warned_no_axes
     if name not in OPTIMIZERS:
         raise ValueError(f"make_optimizer.name={name!r}: choose one of {OPTIMIZERS}")
@@ -73,7 +76,8 @@ def make_optimizer(name: str = "adafactor", *, schedule: optax.Schedule | None =
     if name == "adafactor":
         opt = optax.adafactor(schedule, decay_rate=adafactor_decay_rate,
                               clipping_threshold=adafactor_clipping_threshold,
-                              momentum=adafactor_momentum, multiply_by_parameter_scale=True,
+                              momentum=adafactor_momentum,
+                              multiply_by_parameter_scale=adafactor_multiply_by_parameter_scale,
                               weight_decay_rate=weight_decay or None)
         if adafactor_factor_like_t5x and param_axes is not None:
             opt = factor_like_t5x(opt, param_axes)

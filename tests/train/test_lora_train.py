@@ -151,6 +151,26 @@ def test_a_lora_run_resumed_on_another_base_is_refused_naming_both(runs):
     assert f"train.init_from='{root / 'other'}' is not the base model" in refused.stderr
     assert str(root / "base") in refused.stderr and "Traceback" not in refused.stderr
     assert _losses(root / "straight") == _losses(root / "resumed")  # (nothing appended)
-    assert json.loads((root / "straight" / "lora_base.json").read_text())["init_from"] == str(
+    assert json.loads((root / "straight" / "frozen_base.json").read_text())["init_from"] == str(
         root / "base")
+
+
+def test_a_record_under_its_old_name_is_still_checked(tmp_path):
+    """Runs started before the record was renamed (lora_base.json) keep their check."""
+    import pytest
+
+    from flan_jax.errors import ConfigError
+    from flan_jax.train import loop
+
+    for name, text in (("base", "weights"), ("other", "other weights")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.bin").write_text(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    loop._check_base(run, str(tmp_path / "base"), resuming=False)
+    (run / loop.BASE_RECORD).rename(run / loop.OLD_BASE_RECORD)
+    loop._check_base(run, str(tmp_path / "base"), resuming=True)  # the same base: fine
+    with pytest.raises(ConfigError, match="lora_base.json"):
+        loop._check_base(run, str(tmp_path / "other"), resuming=True)
+    assert not (run / loop.BASE_RECORD).exists()
 

@@ -134,3 +134,19 @@ def test_axes_that_do_not_fit_the_params_are_refused():
     opt = optim.factor_like_t5x(optax.adafactor(1e-3), {"q": AXES["q"]})
     with pytest.raises(ValueError, match="tree structure"):
         opt.init(_random(0))
+
+
+def test_parameter_scale_switch():
+    """Off (prompt tuning, as Lester et al.), the update no longer grows with the param's
+    RMS: params 10x larger get the same update; on (t5x's default), a 10x larger one."""
+    grads, params = _random(1), _random(2)
+    big = jax.tree.map(lambda p: 10.0 * p, params)
+    schedule = optax.constant_schedule(1e-2)
+
+    def update(params, **kw):
+        opt = optim.make_optimizer("adafactor", schedule=schedule, param_axes=AXES, **kw)
+        return opt.update(grads, opt.init(params), params)[0]["q"]
+
+    off = dict(adafactor_multiply_by_parameter_scale=False)
+    np.testing.assert_allclose(update(big, **off), update(params, **off), rtol=1e-5)
+    np.testing.assert_allclose(update(big), 10.0 * update(params), rtol=1e-4)
