@@ -1,5 +1,5 @@
 """The `flan-jax` command line: one subcommand per job (convert, show, export, prepare, train,
-eval, infer, plan)."""
+eval, infer, plan, study); the jobs themselves live in their modules."""
 
 from __future__ import annotations
 
@@ -9,48 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flan_jax import distributed
-from flan_jax.errors import CheckpointError, ConfigError
+from flan_jax.errors import CheckpointError
 
 _RULE = "-" * 72
 
 
 def _convert(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
+    from flan_jax.model.convert_dir import convert_dir
 
-    from flan_jax.atomic import check_destination
-    from flan_jax.model.convert import save_hf_checkpoint
-    from flan_jax.model.io import is_flan_jax_dir, load_pretrained, save_pretrained
-    from flan_jax.model.peft_format import (ADAPTER_FORMATS, convert_adapters,
-                                            is_adapters_dir, is_peft_dir)
-
-    check_destination(args.dst, overwrite=args.overwrite)  # before reading the model
-    # Both loaders cast the parameters to the config's param_dtype.
-    overrides = {"param_dtype": args.dtype} if args.dtype else {}
-    if is_peft_dir(args.src) or is_adapters_dir(args.src):
-        print(convert_adapters(args.src, args.dst, base=args.base, to=args.to, merge=args.merge,
-                               base_name=args.base_name, overwrite=args.overwrite, **overrides))
-        return 0
-    if args.merge or args.base or args.to in ADAPTER_FORMATS:
-        raise ConfigError(f"{args.src} is a model dir; --merge, --base and --to peft/adapters "
-                          "take an adapters dir as SRC (e.g. a LoRA run's model_dir/adapters)")
-    to = args.to or ("hf" if is_flan_jax_dir(args.src) else "flan-jax")
-    cfg, params = load_pretrained(args.src, **overrides)
-    n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-    if to == "hf":
-        save_hf_checkpoint(args.dst, cfg, params, overwrite=args.overwrite)
-    else:  # what the model trained on travels with it (a prefix LM stays one)
-        from flan_jax.train.evaluate import TRAINED_ON
-        record = Path(args.src) / TRAINED_ON
-        keep = record if record.is_file() else None
-
-        def copy_record(tmp: Path) -> None:
-            (tmp / TRAINED_ON).write_bytes(keep.read_bytes())
-
-        save_pretrained(args.dst, cfg, params, overwrite=args.overwrite,
-                        extra=copy_record if keep else None)
-    print(f"wrote {to} model ({n:,} parameters, {cfg.feed_forward}, "
-          f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers) to {args.dst}")
+    print(convert_dir(args.src, args.dst, to=args.to, merge=args.merge, base=args.base,
+                      base_name=args.base_name, dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
@@ -142,6 +110,7 @@ def _gin_help(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from flan_jax.train import printout
     from flan_jax.train.loop import train
 
     result = train()
@@ -153,77 +122,22 @@ def _train(args: argparse.Namespace) -> int:
         title = f"accuracy (%), step {first} -> step {last}" if first != last else \
             f"accuracy (%) at step {last}"
         print(f"\n{title}")
-        print(_eval_table(result.evals[last],
-                          result.evals[first] if first != last else None))
+        print(printout.eval_table(result.evals[last],
+                                  result.evals[first] if first != last else None))
     if args.generations and (result.model_dir / "model").exists():
-        _print_generations(result.model_dir, args.generations)
+        printout.print_generations(result.model_dir, args.generations)
     return 0
 
 
-def _print_generations(model_dir: Path, n: int) -> None:
-    """A few validation prompts per kind (zero-shot, few-shot, CoT, held-out) and outputs."""
-    import itertools
-
-    from flan_jax.data import export
-    from flan_jax.train import evaluate, infer
-
-    model, vocabulary = infer.load(model_dir)
-    prefix = evaluate.trained_data(model_dir, model.cfg.architecture).prefix_lm
-    kinds = [("zero-shot", "synth_word_problem:zs_noopt"), ("few-shot", "synth_sorting:fs_noopt"),
-             ("chain of thought", "synth_arithmetic:cot_zs"),
-             ("held-out, zero-shot", "synth_weekday:zs_opt")]
-    print("\nsample generations (validation split)")
-    for kind, task in kinds:
-        try:
-            rows = list(itertools.islice(export.rows(task, "validation", shuffle=False), n))
-        except export.ExportError:
-            continue
-        outputs = infer.generate(model, vocabulary, [r["inputs"] for r in rows],
-                                 max_decode_len=64, batch_size=max(len(rows), 1),
-                                 prefix=prefix)
-        for row, out in zip(rows, outputs):
-            print(f"{_RULE}\n[{kind}] {task}\n{row['inputs']}\n  target: {row['targets']}"
-                  f"\n  model:  {out}")
-
-
-def _eval_table(results, baseline=None) -> str:
-    from flan_jax.train.evaluate import summary
-
-    lines = []
-    for group, tasks in results.items():
-        lines.append(f"[{group}]")
-        width = max(len(t) for t in [*tasks, "mean accuracy"])
-        for task in sorted(tasks):
-            acc = tasks[task].get("accuracy")
-            was = baseline.get(group, {}).get(task, {}).get("accuracy") if baseline else None
-            cell = f"{acc:6.1f}" if acc is not None else "     -"
-            if was is not None:
-                cell = f"{was:6.1f} -> {cell}"
-            rank = tasks[task].get("rank_accuracy")
-            was_rank = (baseline.get(group, {}).get(task, {}).get("rank_accuracy")
-                        if baseline else None)
-            if rank is not None:
-                before = f"{was_rank:5.1f} -> " if was_rank is not None else ""
-                cell += f"   (rank classification {before}{rank:5.1f})"
-            lines.append(f"  {task:<{width}}  {cell}")
-        mean = summary({group: tasks}).get(f"eval/{group}/accuracy")
-        if mean is not None:
-            was = summary({group: baseline[group]}).get(f"eval/{group}/accuracy") \
-                if baseline and group in baseline else None
-            cell = f"{mean:6.1f}" if was is None else f"{was:6.1f} -> {mean:6.1f}"
-            lines.append(f"  {'mean accuracy':<{width}}  {cell}")
-    return "\n".join(lines)
-
-
 def _eval(args: argparse.Namespace) -> int:
-    from flan_jax.train import evaluate, infer
+    from flan_jax.train import evaluate, infer, printout
 
     model, _ = infer.load(args.checkpoint)
     trained = evaluate.trained_data(args.checkpoint, model.cfg.architecture)
     # Prompted and scored with the features it trained on (a prefix LM's prompt bidirectional).
     results = evaluate.Evaluator(evaluate.EvalConfig(), trained.mixture_or_task_name,
                                  trained.module_imports, trained.feature_converter)(model)
-    print(_eval_table(results))
+    print(printout.eval_table(results))
     if args.output:
         evaluate.write_json(results, args.output)
         print(f"wrote {args.output}")

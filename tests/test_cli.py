@@ -51,7 +51,7 @@ def test_convert_errors_are_clear(args, message):
 
 
 def test_eval_table_compares_with_step_0():
-    from flan_jax.cli import _eval_table
+    from flan_jax.train.printout import eval_table as _eval_table
 
     now = {"held_in": {"synth_a:zs_opt": {"accuracy": 50.0}, "synth_b:zs_opt": {"accuracy": 10.0}}}
     start = {"held_in": {"synth_a:zs_opt": {"accuracy": 0.0}, "synth_b:zs_opt": {"accuracy": 0.0}}}
@@ -63,7 +63,7 @@ def test_eval_table_compares_with_step_0():
 
 
 def test_eval_table_shows_rank_classification_against_step_0():
-    from flan_jax.cli import _eval_table
+    from flan_jax.train.printout import eval_table as _eval_table
 
     now = {"held_in": {"a:zs_opt": {"accuracy": 40.0, "rank_accuracy": 60.0},
                        "a:zs_noopt": {"accuracy": 20.0}}}
