@@ -116,7 +116,8 @@ def table(results: dict[str, Any]) -> str:
              + ("" if results["complete"] else " (unfinished: more to train)"), ""]
     summary = results.get("summary", [])
     if any(len(s["seeds"]) > 1 for s in summary):
-        names = list(summary[0]["metrics"])
+        names = [n for n in summary[0]["metrics"]  # (a metric no configuration has: left out)
+                 if any(not math.isnan(s["metrics"][n]["mean"]) for s in summary)]
         lines += ["Mean ± standard deviation over seeds:", "",
                   "| config | seeds | " + " | ".join(names) + " |",
                   "|" + "---|" * (len(names) + 2)]
@@ -210,7 +211,8 @@ def _plot_summary(plt, results: dict[str, Any], out: Path) -> Path:
     import numpy as np
 
     summary = results["summary"]
-    names = [n for n in summary[0]["metrics"] if n.endswith(" acc")]
+    names = [n for n in summary[0]["metrics"] if n.endswith(" acc")
+             and any(not math.isnan(s["metrics"][n]["mean"]) for s in summary)]
     width = 0.8 / len(summary)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) * len(summary) / 3), 3.8))
     for i, s in enumerate(summary):
