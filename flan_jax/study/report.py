@@ -214,7 +214,7 @@ def _plot_summary(plt, results: dict[str, Any], out: Path) -> Path:
     names = [n for n in summary[0]["metrics"] if n.endswith(" acc")
              and any(not math.isnan(s["metrics"][n]["mean"]) for s in summary)]
     width = 0.8 / len(summary)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) * len(summary) / 3), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(names) * len(summary))), 4.2))
     for i, s in enumerate(summary):
         means = [s["metrics"][n]["mean"] for n in names]
         sds = [0 if math.isnan(s["metrics"][n]["sd"]) else s["metrics"][n]["sd"]
