@@ -15,6 +15,7 @@ touched (the CoT answer sentence stays parseable), and `{slots}` are left alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -225,8 +226,11 @@ def _templates(fam: Family, templates: tuple[Template, ...], kind: str) -> tuple
     return tuple(dict.fromkeys(out))  # (a template without rewordable words stays once)
 
 
+@functools.lru_cache(maxsize=None)
 def varied(fam: Family) -> Family:
-    """`fam` in the varied phrasing: the same facts, harder and more varied wording."""
+    """`fam` in the varied phrasing: the same facts, harder and more varied wording. One
+    object per family (cached), so the caches keyed by family (`synthetic._train_keys`)
+    are shared by every task made from it (the default and the skewed ones)."""
     if fam.phrasing != SIMPLE:
         raise ValueError(f"family {fam.name!r} is already in the {fam.phrasing} phrasing")
     base, prose = fam.make, fam.prose
