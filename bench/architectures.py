@@ -3,9 +3,9 @@
     python bench/architectures.py                   # the demo's model size (~0.9M params), ~40 min on 2 cores
     python bench/architectures.py --quick           # seconds, for a smoke test
 
-Each architecture trains with `flan-jax train` on the default mixture (gin/runs/demo.gin plus
+Each architecture trains with `flan-jax train` on the default mixture (gin/runs/small.gin plus
 its gin/arch/*.gin), at matched parameter count and the same steps, batch and examples: the
-encoder-decoder keeps demo.gin's layers; the others get the number of decoder layers whose
+encoder-decoder keeps small.gin's layers; the others get the number of decoder layers whose
 total parameter count comes closest to it (the semi-causal model's encoder has
 `--semi-encoder-layers`). Then, for each, the held-in and held-out (zero-shot) groups of the
 default mixture are scored by the run's own final eval (exact-match accuracy of greedy
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # (run as a script, only bench/ is on sys.path)
 from flan_jax.study.runner import GROUPS, accuracies, eval_loss  # noqa: E402  (one home)
 
-# name -> (gin files after runs/demo.gin, T5Config.architecture, DataConfig.feature_converter)
+# name -> (gin files after runs/small.gin, T5Config.architecture, DataConfig.feature_converter)
 ARCHS = {
     "enc_dec": ((), "encoder_decoder", "enc_dec"),
     "decoder": (("arch/decoder_only.gin",), "decoder_only", "decoder"),
@@ -38,13 +38,13 @@ ARCHS = {
 
 
 def demo_config(overrides: list[str]):
-    """demo.gin's T5Config with `overrides` (gin bindings) applied."""
+    """small.gin's T5Config with `overrides` (gin bindings) applied."""
     import gin
 
     from flan_jax.gin_utils import parse
     from flan_jax.model.gin_config import model_config
 
-    parse(["runs/demo.gin"], overrides)
+    parse(["runs/small.gin"], overrides)
     try:
         return model_config()
     finally:
@@ -80,7 +80,7 @@ def matched_layers(base, semi_encoder_layers: int) -> dict[str, dict[str, int]]:
 
 def train_args(name: str, layers: dict[str, int], model_dir: Path, args) -> list[str]:
     gin_files, _, _ = ARCHS[name]
-    out = ["train", "--gin_file=runs/demo.gin", *(f"--gin_file={g}" for g in gin_files),
+    out = ["train", "--gin_file=runs/small.gin", *(f"--gin_file={g}" for g in gin_files),
            f"--gin.train.model_dir='{model_dir}'", f"--gin.train.total_steps={args.steps}",
            f"--gin.train.checkpoint_every={args.steps}", "--gin.train.eval_at_start=False",
            f"--gin.train.log_every={max(1, args.steps // 8)}",

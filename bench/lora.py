@@ -11,7 +11,7 @@
    + temporaries, less the donated state's aliases), then the median of `--time-steps` steps.
 2. `flan_jax.plan` per-device memory of the same three runs for larger presets on an FSDP
    mesh (`mesh/fsdp.gin`): abstract, nothing is allocated.
-3. Quality: a small base pretrained with `flan-jax train` (runs/demo.gin, the default
+3. Quality: a small base pretrained with `flan-jax train` (runs/small.gin, the default
    mixture), then finetuned on a JSONL task this script writes (headline -> topic, 5
    options; registered as the README's "Register your own task" does) with finetune.gin and
    with finetune.gin + peft/lora.gin: same steps, data, seed and dropout, each gin file's
@@ -293,7 +293,7 @@ def quality_section(args) -> dict:
     seconds = {}
     if not (base / "model" / "config.json").exists():
         seconds["base"] = _train(
-            ["--gin_file=runs/demo.gin", f"--gin.train.model_dir='{base}'",
+            ["--gin_file=runs/small.gin", f"--gin.train.model_dir='{base}'",
              f"--gin.train.total_steps={args.base_steps}",
              f"--gin.train.checkpoint_every={args.base_steps}", "--gin.train.evaluate=False",
              f"--gin.DataConfig.batch_size={args.base_batch}"], task_dir, "base")

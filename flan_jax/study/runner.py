@@ -44,7 +44,7 @@ class Study:
 
     name: str = "study"
     output_dir: str = "/tmp/flan_jax_study"
-    gin_files: tuple[str, ...] = ("runs/demo.gin",)
+    gin_files: tuple[str, ...] = ("runs/small.gin",)
     bindings: tuple[str, ...] = ()
     axes: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
     loss_groups: dict[str, str] | None = None

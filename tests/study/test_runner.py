@@ -14,7 +14,7 @@ STUDY = """
 import flan_jax.study.runner
 Study.name = 'tiny grid'
 Study.output_dir = '{out}'
-Study.gin_files = ['runs/demo.gin']
+Study.gin_files = ['runs/small.gin']
 Study.bindings = [
     'T5Config.num_heads = 2', 'T5Config.head_dim = 16', 'T5Config.num_encoder_layers = 1',
     'T5Config.num_decoder_layers = 1', 'DataConfig.batch_size = 4', 'DataConfig.workers = 0',
@@ -121,7 +121,7 @@ def test_eval_loss_scores_a_model_on_its_own_features(tmp_path):
 
 
 def test_groups_written_for_another_mixture_are_refused(tmp_path, capsys):
-    """demo.gin's groups are for flan_jax_default (groups_of): a run training another
+    """small.gin's groups are for flan_jax_default (groups_of): a run training another
     mixture would quietly score that mixture's tasks, so the study refuses it up front."""
     text = STUDY.format(out=tmp_path / "out").replace(
         "'steps': {'2'",

@@ -19,7 +19,7 @@ def _clean_gin():
     gin.clear_config()
 
 
-@pytest.mark.parametrize("name, d_model, batch", [("runs/demo.gin", 128, 32),
+@pytest.mark.parametrize("name, d_model, batch", [("runs/demo.gin", 128, 16), ("runs/small.gin", 128, 32),
                                                   ("runs/train.gin", 512, 128),
                                                   ("runs/finetune.gin", None, 64)])
 def test_run_files(name, d_model, batch):
