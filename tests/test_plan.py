@@ -249,7 +249,7 @@ def test_plan_of_each_decoder_only_arch_file(arch):
 
 def test_plan_command_for_a_decoder_only_model():
     proc = subprocess.run(
-        [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/demo.gin",
+        [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/small.gin",
          "--gin_file=arch/decoder_only.gin", "--devices", "1"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
