@@ -18,7 +18,9 @@ def _convert(args: argparse.Namespace) -> int:
     from flan_jax.model.convert_dir import convert_dir
 
     print(convert_dir(args.src, args.dst, to=args.to, merge=args.merge, base=args.base,
-                      base_name=args.base_name, dtype=args.dtype, overwrite=args.overwrite))
+                      base_name=args.base_name, dtype=args.dtype, overwrite=args.overwrite,
+                      add_tokens=args.add_tokens, vocab_pieces=args.vocab_pieces,
+                      sentinels=args.sentinels))
     return 0
 
 
@@ -44,6 +46,10 @@ def _show(args: argparse.Namespace) -> int:
         tid = f" | template {row['template_id']}" if "template_id" in row else ""
         print(f"{_RULE}\n[{i}/{args.n}] {where}{tid}\n{_RULE}")
         print(f"INPUTS:\n{row['inputs']}\n\nTARGETS:\n{row['targets']}\n")
+        if args.tokens:
+            for feature in ("inputs", "targets"):
+                pieces = export.token_pieces(where, feature, row[feature])
+                print(f"{feature.upper()} ({len(pieces)} tokens):\n{' '.join(pieces)}\n")
     return 0
 
 
@@ -267,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="cast parameters to this dtype (default: keep float32)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace DST if it exists (atomically, after a successful write)")
+    convert.add_argument("--add_tokens", metavar="galactica|TOK,TOK",
+                         help="add tokens to the model's vocabulary before its sentinels: "
+                         "'galactica' (its 10 markers, for gin/vocab/t5_galactica.gin) or a "
+                         "comma-separated list; the embedding rows are remapped (new rows "
+                         "start at the mean piece row) and SRC's spiece.model is written "
+                         "with them to DST")
+    convert.add_argument("--vocab_pieces", type=int,
+                         help="--add_tokens: SentencePiece pieces of the model's vocabulary, "
+                         "before its sentinels (default: counted from SRC's spiece.model)")
+    convert.add_argument("--sentinels", type=int, default=100,
+                         help="--add_tokens: the vocabulary's sentinels (default %(default)s)")
     convert.set_defaults(func=_convert)
 
     show = sub.add_parser(
@@ -278,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=None,
                       help="shuffle with this seed (default: the split's own order; mixtures "
                            "are always sampled by rate)")
+    show.add_argument("--tokens", action="store_true",
+                      help="also print each text as the pieces its vocabulary tokenizes it "
+                           "into (e.g. a Galactica DNA span one piece per character)")
     show.set_defaults(func=_show)
 
     exp = sub.add_parser(

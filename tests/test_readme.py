@@ -127,3 +127,34 @@ def test_evaluation_follows_the_run_plus_configured_groups_only():
         assert not cfg.extra_groups  # nothing held out unless configured
     finally:
         gin.clear_config()
+
+
+def test_galactica_registration_example_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text()
+    section = text[text.index("### Scientific formats (Galactica)"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    rows = [{"smiles": s, "name": n} for s, n in
+            (("CCO", "ethanol"), ("C(=O)O", "formic acid"), ("CC(=O)C", "acetone"))]
+    for split in ("mols_train", "mols_val"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        out = capsys.readouterr().out.splitlines()
+        assert out == ["['molecules:zs_noopt', 'molecules:fs_noopt']",
+                       "▁ [START_SMILES] C C ( = O ) C [END_SMILES]"]
+        assert f"# {out[1]}" in code  # the README shows what it prints
+        ds = seqio.get_mixture_or_task("molecules:zs_noopt").get_dataset(
+            {"inputs": 64, "targets": 16}, split="validation", shuffle=False, use_cached=False)
+        first = next(ds.as_numpy_iterator())
+        vocab = seqio.get_mixture_or_task("molecules:zs_noopt").output_features[
+            "inputs"].vocabulary
+        assert vocab.decode(first["inputs"].tolist()) == first["inputs_pretokenized"].decode()
+        smiles = re.search(r"\[START_SMILES\](.*)\[END_SMILES\]",
+                           first["inputs_pretokenized"].decode()).group(1)
+        pieces = [vocab.tokenizer.id_to_piece(int(i)) for i in first["inputs"]]
+        start = pieces.index("[START_SMILES]")
+        assert pieces[start + 1:start + 1 + len(smiles)] == list(smiles)
+    finally:
+        for name in ("molecules:zs_noopt", "molecules:fs_noopt"):
+            seqio.TaskRegistry.remove(name)

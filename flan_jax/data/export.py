@@ -84,6 +84,19 @@ def shares(name: str) -> list[tuple[str, float]]:
     return sorted(((n, r / total) for n, r in rates), key=lambda x: (-x[1], x[0]))
 
 
+def token_pieces(task: str, feature: str, text: str) -> list[str]:
+    """The pieces `text` is tokenized into by `task`'s `feature` vocabulary (the ids the
+    readers feed the model, shown as pieces): what `flan-jax show --tokens` prints, e.g. a
+    Galactica span as one piece per character."""
+    from flan_jax.data.tokenizer import tokenizer_for
+
+    vocabulary = resolve(task).output_features[feature].vocabulary
+    ids = tokenizer_for(vocabulary).encode(text)
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return [vocabulary.tokenizer.id_to_piece(i) for i in ids]
+    return [vocabulary.decode([i]) for i in ids]
+
+
 def _row(example: dict[str, Any], task: str) -> dict[str, Any]:
     row = {}
     for key in TEXT_FEATURES:

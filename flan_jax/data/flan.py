@@ -2,9 +2,10 @@
 
 `register_flan_task(spec)` registers `{name}:{format}` for each format the spec supports
 (see `formats.FORMATS`): zero-shot and few-shot with and without options, CoT zero-/few-shot,
-and inverted. Rendering is `render.FlanRenderer`, a pure function of (seed, example);
-tokenisation and EOS are ordinary seqio preprocessors, so packing, caching and evaluation
-work as for any seqio Task, and the Grain reader reads the same renderers by index.
+inverted, and (for specs with `cot_work=True`) Galactica's `<work>` CoT. Rendering is
+`render.FlanRenderer`, a pure function of (seed, example); tokenisation and EOS are ordinary
+seqio preprocessors, so packing, caching and evaluation work as for any seqio Task, and the
+Grain reader reads the same renderers by index.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
 
     `vocabulary` defaults to the shipped SentencePiece model (`vocab.default_vocabulary`).
     `formats` limits which formats are registered (default: all the spec supports). CoT
-    formats get the answer-extracting postprocessor unless the spec brings its own; tasks
-    without metric_fns are scored by exact-match `metrics.accuracy`.
+    formats (and `cot_work`) get the answer-extracting postprocessor unless the spec brings
+    its own; tasks without metric_fns are scored by exact-match `metrics.accuracy`.
     """
     if vocabulary is None:
         from flan_jax.data.vocab import default_vocabulary
@@ -116,6 +117,8 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
         postprocess = spec.postprocess_fn
         if postprocess is None and fmt in (F.COT_ZS, F.COT_FS):
             postprocess = _cot_postprocessor
+        elif postprocess is None and fmt == F.COT_WORK:
+            postprocess = _work_postprocessor
         seqio.TaskRegistry.add(
             name,
             source=RenderedSource(spec, fmt, vocabulary),
@@ -132,3 +135,8 @@ def register_flan_task(spec: FlanTask, vocabulary: seqio.Vocabulary | None = Non
 def _cot_postprocessor(output: Any, example: Any = None, is_target: bool = False) -> str:
     """seqio postprocess_fn for CoT formats: the final answer of the generated text."""
     return F.extract_cot_answer(output)
+
+
+def _work_postprocessor(output: Any, example: Any = None, is_target: bool = False) -> str:
+    """seqio postprocess_fn for `cot_work`: the text after the last `</work>`."""
+    return F.extract_work_answer(output)

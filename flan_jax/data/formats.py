@@ -1,4 +1,4 @@
-"""Flan formats: zero-shot, few-shot, chain-of-thought and inverted, and their names.
+"""Flan formats: zero-shot, few-shot, chain-of-thought (plain and `<work>`) and inverted.
 
 A rendered example is `{inputs, targets, task, format, template_id}`. Which template renders
 an example is a pure function of (seed, task, example content), uniform over the templates,
@@ -14,13 +14,17 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flan_jax.data.galactica import WORK
 from flan_jax.data.templates import plain_text
 
 ZS_OPT, ZS_NOOPT = "zs_opt", "zs_noopt"
 FS_OPT, FS_NOOPT = "fs_opt", "fs_noopt"
 COT_ZS, COT_FS = "cot_zs", "cot_fs"
 INV = "inv"
-FORMATS = (ZS_OPT, ZS_NOOPT, FS_OPT, FS_NOOPT, COT_ZS, COT_FS, INV)
+# Galactica's working-memory CoT (zero-shot): the rationale inside `<work> ... </work>`, then
+# the bare answer. Last, so the formats before it keep their order; tasks opt in.
+COT_WORK = "cot_work"
+FORMATS = (ZS_OPT, ZS_NOOPT, FS_OPT, FS_NOOPT, COT_ZS, COT_FS, INV, COT_WORK)
 FEW_SHOT_FORMATS = (FS_OPT, FS_NOOPT, COT_FS)
 
 
@@ -101,3 +105,24 @@ def extract_cot_answer(text: str) -> str:
         return text.strip()
     match = _COT_ANSWER.search(text[idx:])
     return match.group(1).strip() if match else text.strip()
+
+
+# Working memory (Galactica, `flan_jax.data.galactica.WORK`): `<work> {rationale} </work>
+# {answer}`, one space around each marker, so the answer is the text after the last `</work>`.
+WORK_OPEN, WORK_CLOSE = WORK
+
+
+def work_target(rationale: str, answer: str) -> str:
+    """`<work> {rationale} </work> {answer}`: the target of the `cot_work` format."""
+    return f"{WORK_OPEN} {rationale.strip()} {WORK_CLOSE} {answer}"
+
+
+def extract_work_answer(text: str) -> str:
+    """The answer of a working-memory output ('<work> 3 m is 300 cm </work> 300' -> '300').
+
+    The text after the last `</work>`, stripped; text without one is returned stripped, as
+    `extract_cot_answer` does, so a model that answers directly is scored on its answer.
+    """
+    text = plain_text(text)
+    idx = text.rfind(WORK_CLOSE)
+    return (text if idx < 0 else text[idx + len(WORK_CLOSE):]).strip()

@@ -1,7 +1,8 @@
 """seqio metric functions for instruction tasks: exact-match accuracy on normalized text.
 
 Normalization forgives what a grader would: case, surrounding space, a final period, and
-runs of whitespace. CoT tasks are scored on the answer their postprocessor extracts.
+runs of whitespace. CoT tasks (`cot_work` too: the text after `</work>`) are scored on the
+answer their postprocessor extracts.
 """
 
 from __future__ import annotations

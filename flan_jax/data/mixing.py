@@ -18,7 +18,8 @@ from flan_jax.data import formats as F
 
 Rates = dict[str, float]  # seqio Task name -> rate
 
-_ZERO_SHOT = (F.ZS_OPT, F.ZS_NOOPT, F.COT_ZS)
+# (opt, noopt, then the CoT formats: each CoT format is one slot beside the pair)
+_ZERO_SHOT = (F.ZS_OPT, F.ZS_NOOPT, F.COT_ZS, F.COT_WORK)
 _FEW_SHOT = (F.FS_OPT, F.FS_NOOPT, F.COT_FS)
 
 

@@ -55,6 +55,9 @@ class FlanTask:
     `fields` maps a raw source example (numpy values) to the template fields; without it the
     raw features are used as they are. CoT formats need `cot` and `cot_templates`, whose
     targets should end with `formats.COT_ANSWER_SENTENCE` (use `formats.cot_target`).
+    `cot_work` adds the `cot_work` format: the CoT templates' inputs with the target
+    `<work> {rationale} </work> {answer}` (`formats.work_target`, Galactica's working memory);
+    off by default.
     `options_required` drops the no-options formats of tasks whose options are the question
     (pick the odd one out of these four words) rather than a label set. `shuffle_buffer_size`
     is seqio's per-task buffer: keep it small for i.i.d. sources, since a mixture fills one
@@ -76,12 +79,16 @@ class FlanTask:
     postprocess_fn: Callable[..., Any] | None = None
     train_split: str = "train"
     seed: int = 0
+    cot_work: bool = False
 
     def __post_init__(self) -> None:
         if not self.templates:
             raise ValueError(f"FlanTask {self.name!r}: needs at least one template")
         if self.cot_templates and self.cot is None:
             raise ValueError(f"FlanTask {self.name!r}: cot_templates need cot=CotFields(...)")
+        if self.cot_work and not self.cot_templates:
+            raise ValueError(f"FlanTask {self.name!r}: cot_work=True renders the CoT templates' "
+                             "inputs; give cot_templates (and cot=CotFields(...))")
         if self.options_required and not self.has_options:
             raise ValueError(f"FlanTask {self.name!r}: options_required, but no template has "
                              "an {options_} slot")
@@ -114,6 +121,8 @@ class FlanTask:
                 out.append(F.COT_FS)
         if self.inversion_templates:
             out.append(F.INV)
+        if self.cot_work:
+            out.append(F.COT_WORK)
         return tuple(out)
 
     def format_templates(self, fmt: str) -> tuple[Template, ...]:
@@ -125,6 +134,9 @@ class FlanTask:
             return tuple(self.cot_templates)
         if fmt == F.INV:
             return tuple(self.inversion_templates)
+        if fmt == F.COT_WORK:
+            work = F.work_target(f"{{{self.cot.rationale}}}", f"{{{self.cot.answer}}}")
+            return tuple(Template(t.inputs, work) for t in self.cot_templates)
         raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -5,7 +5,8 @@ Every example is a pure function of (seed, family, split, index), drawn from its
 read by index (`SyntheticRows`) as cheaply as in order. Validation and test avoid examples
 of the train split where the family's space allows (a bounded number of redraws; the tiny
 families, such as `letters`, repeat train examples).
-Families live in `synthetic_families.py`; `mixtures/default.py` registers them.
+Families live in `synthetic_families.py`; `mixtures/default.py` registers them (and
+`mixtures/science.py` the Galactica-markup ones of `science_families.py`).
 """
 
 from __future__ import annotations
@@ -115,14 +116,16 @@ def base_name(fam: Family, variant: str = "") -> str:
 
 
 def spec(fam: Family, *, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES,
-         variant: str = "") -> FlanTask:
-    """The FlanTask of one family: its templates, CoT and inversion, seeded option styles."""
+         variant: str = "", cot_work: bool = False) -> FlanTask:
+    """The FlanTask of one family: its templates, CoT and inversion, seeded option styles;
+    `cot_work` adds the `<work>` CoT format to a family with CoT templates."""
     return FlanTask(
         name=base_name(fam, variant), source=source(fam, seed=seed, sizes=sizes),
         templates=fam.templates, inversion_templates=fam.inversion_templates,
         cot_templates=fam.cot_templates, cot=CotFields() if fam.cot_templates else None,
         few_shot=FEW_SHOT, randomize_options=True, options_required=fam.options_required,
-        shuffle_buffer_size=SHUFFLE_BUFFER, seed=seed)
+        shuffle_buffer_size=SHUFFLE_BUFFER, seed=seed,
+        cot_work=cot_work and bool(fam.cot_templates))
 
 
 def specs(*, seed: int = 0, sizes: Mapping[str, int] = SPLIT_SIZES,

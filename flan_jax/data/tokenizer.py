@@ -2,9 +2,9 @@
 
 The Grain reader tokenizes in worker processes that must not import TensorFlow (seqio's
 vocabularies import it). `tokenizer_for(vocabulary)` makes a picklable twin of a seqio
-vocabulary: SentencePiece from the model bytes seqio itself loads, bytes for
-`seqio.ByteVocabulary`. Few-shot budgets count tokens with it in both readers, so the two
-render the same text.
+vocabulary: SentencePiece from the model bytes seqio itself loads (with Galactica's
+character splitting for `vocab.CharSplitVocabulary`), bytes for `seqio.ByteVocabulary`.
+Few-shot budgets count tokens with it in both readers, so the two render the same text.
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ class SentencePieceTokenizer:
         return self._sp.EncodeAsIds(text)
 
 
+class CharSplitTokenizer(SentencePieceTokenizer):
+    """`vocab.CharSplitVocabulary.encode`: the same `char_split.CharSplitter`, same bytes."""
+
+    def encode(self, text: str) -> list[int]:
+        if self._sp is None:
+            from flan_jax.data.char_split import CharSplitter
+
+            self._sp = CharSplitter(self.model)
+        return self._sp.encode(text)
+
+
 class ByteTokenizer:
     """`seqio.ByteVocabulary.encode`: UTF-8 bytes shifted past pad, EOS and UNK."""
 
@@ -56,7 +67,7 @@ class VocabularyTokenizer:
         return list(self.vocabulary.encode(text))
 
 
-_SHARED: dict[tuple[int, int], SentencePieceTokenizer] = {}
+_SHARED: dict[tuple[type, int, int], SentencePieceTokenizer] = {}
 
 
 def tokenizer_for(vocabulary: Any) -> Tokenizer:
@@ -67,11 +78,16 @@ def tokenizer_for(vocabulary: Any) -> Tokenizer:
     """
     import seqio
 
+    from flan_jax.data.vocab import CharSplitVocabulary
+
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        # (the subclass first: it shares its model bytes with a plain vocabulary of the file)
+        kind = (CharSplitTokenizer if isinstance(vocabulary, CharSplitVocabulary)
+                else SentencePieceTokenizer)
         model = vocabulary.sp_model  # (seqio keeps one bytes object per model file)
-        key = (id(model), vocabulary.eos_id)
+        key = (kind, id(model), vocabulary.eos_id)
         if key not in _SHARED or _SHARED[key].model is not model:
-            _SHARED[key] = SentencePieceTokenizer(model, vocabulary.eos_id)
+            _SHARED[key] = kind(model, vocabulary.eos_id)
         return _SHARED[key]
     if type(vocabulary) is seqio.ByteVocabulary:
         return ByteTokenizer()

@@ -77,7 +77,7 @@ def load(checkpoint: str | Path, vocab: str | None = None):
     cfg, params = load_pretrained(path)
     if vocab is None and (path / "spiece.model").exists():
         vocab = str(path / "spiece.model")
-    vocabulary = (vocab_lib.sentencepiece_vocabulary(vocab) if vocab
+    vocabulary = (vocab_lib.vocabulary_of_file(vocab) if vocab
                   else vocab_lib.default_vocabulary())
     return model_from_params(cfg, params), vocabulary
 

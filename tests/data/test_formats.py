@@ -12,7 +12,7 @@ from flan_jax.data.formats import (FORMATS, FewShotPattern, choose, cot_target, 
 def test_task_names_follow_one_pattern():
     assert [task_name("anli", f) for f in FORMATS] == [
         "anli:zs_opt", "anli:zs_noopt", "anli:fs_opt", "anli:fs_noopt", "anli:cot_zs",
-        "anli:cot_fs", "anli:inv"]
+        "anli:cot_fs", "anli:inv", "anli:cot_work"]
     with pytest.raises(ValueError, match="unknown format 'zero'"):
         task_name("anli", "zero")
 

@@ -21,13 +21,23 @@ def _clean_gin():
 
 @pytest.mark.parametrize("name, d_model, batch", [("runs/demo.gin", 128, 16), ("runs/small.gin", 128, 32),
                                                   ("runs/train.gin", 512, 128),
-                                                  ("runs/finetune.gin", None, 64)])
+                                                  ("runs/finetune.gin", None, 64),
+                                                  ("runs/science_tiny.gin", 128, 8)])
 def test_run_files(name, d_model, batch):
     gin_utils.parse([name], REQUIRED, finalize=False)
     assert DataConfig().batch_size == batch
     assert gin.query_parameter("train.total_steps") > 0
     if d_model:
         assert model_config().d_model == d_model
+
+
+def test_science_tiny_trains_and_evaluates_the_science_mixtures():
+    gin_utils.parse(["runs/science_tiny.gin"], REQUIRED, finalize=False)
+    assert DataConfig().mixture_or_task_name == "flan_jax_science"
+    cfg = EvalConfig()
+    assert cfg.groups_of == "flan_jax_science"
+    assert dict(cfg.groups) == {"held_in": "flan_jax_science_held_in",
+                                "held_out": "flan_jax_science_held_out"}
 
 
 def test_eval_file_reads_whole_splits():
