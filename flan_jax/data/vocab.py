@@ -164,6 +164,23 @@ def vocabulary_of_file(path: str, extra_ids: int = DEFAULT_EXTRA_IDS
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+def write_model_file(vocabulary: seqio.Vocabulary, directory: str | os.PathLike[str]
+                     ) -> Path | None:
+    """Copies the SentencePiece model of `vocabulary` to `directory`/spiece.model when it is
+    not the shipped one, so the model dir decodes with what it trained on (`flan-jax infer`
+    reads it, `vocabulary_of_file`); the shipped vocabulary is what a dir without one uses."""
+    if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return None
+    src = vocabulary.sentencepiece_model_file
+    if src == str(DEFAULT_SPM_MODEL) and type(vocabulary) is seqio.SentencePieceVocabulary:
+        return None
+    import tensorflow as tf
+
+    out = Path(directory) / "spiece.model"
+    out.write_bytes(tf.io.gfile.GFile(src, "rb").read())
+    return out
+
+
 def has_galactica_markers(path: str) -> bool:
     """Whether the SentencePiece model at `path` has all of Galactica's markers as
     user-defined (never split) pieces."""

@@ -398,9 +398,25 @@ def _export(path: Path, cfg: T5Config, params: Any, data: data_lib.DataConfig) -
 
     def record(tmp: Path) -> None:
         eval_lib.write_trained_on(tmp, data)
+        _write_vocabulary(tmp, data)
 
     _on_process_0(params, lambda host, alone: save_pretrained(
         path, cfg, host, overwrite=True, alone=alone, extra=record), "export")
+
+
+def _write_vocabulary(directory: Path, data: data_lib.DataConfig) -> None:
+    """The mixture's vocabulary beside the model when it isn't the shipped one (a Galactica
+    or T5 vocabulary), so `flan-jax infer` and the printed generations decode with it."""
+    import seqio
+
+    from flan_jax.data.vocab import write_model_file
+
+    try:
+        task = seqio.get_mixture_or_task(data.mixture_or_task_name)
+    except ValueError:  # (a run whose mixture is not registered here can't have trained)
+        return
+    if "targets" in task.output_features:
+        write_model_file(task.output_features["targets"].vocabulary, directory)
 
 
 BASE_RECORD = "frozen_base.json"

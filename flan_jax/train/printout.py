@@ -18,10 +18,8 @@ def print_generations(model_dir: Path, n: int) -> None:
     from flan_jax.train import evaluate, infer
 
     model, vocabulary = infer.load(model_dir)
-    prefix = evaluate.trained_data(model_dir, model.cfg.architecture).prefix_lm
-    kinds = [("zero-shot", "synth_word_problem:zs_noopt"), ("few-shot", "synth_sorting:fs_noopt"),
-             ("chain of thought", "synth_arithmetic:cot_zs"),
-             ("held-out, zero-shot", "synth_weekday:zs_opt")]
+    trained = evaluate.trained_data(model_dir, model.cfg.architecture)
+    kinds = sample_kinds(trained.mixture_or_task_name)
     print("\nsample generations (validation split)")
     for kind, task in kinds:
         try:
@@ -30,10 +28,48 @@ def print_generations(model_dir: Path, n: int) -> None:
             continue
         outputs = infer.generate(model, vocabulary, [r["inputs"] for r in rows],
                                  max_decode_len=64, batch_size=max(len(rows), 1),
-                                 prefix=prefix)
+                                 prefix=trained.prefix_lm)
         for row, out in zip(rows, outputs):
             print(f"{RULE}\n[{kind}] {task}\n{row['inputs']}\n  target: {row['targets']}"
                   f"\n  model:  {out}")
+
+
+DEFAULT_KINDS = (("zero-shot", "synth_word_problem:zs_noopt"),
+                 ("few-shot", "synth_sorting:fs_noopt"),
+                 ("chain of thought", "synth_arithmetic:cot_zs"),
+                 ("held-out, zero-shot", "synth_weekday:zs_opt"))
+_KIND_FORMATS = (("zero-shot", ("zs_noopt", "zs_opt")), ("few-shot", ("fs_noopt", "fs_opt")),
+                 ("chain of thought", ("cot_work", "cot_zs")))
+
+
+def sample_kinds(mixture: str) -> list[tuple[str, str]]:
+    """(kind, task) pairs to sample: the default mixture's four when the run trained on
+    those tasks, else per kind the first task of the run's own mixture in that kind's
+    formats (a science run shows its DNA and `<work>` prompts, not the default's)."""
+    import seqio
+
+    from flan_jax.data.mixing import split_task_name
+
+    try:
+        obj = seqio.get_mixture_or_task(mixture)
+        names = sorted(t.name for t in (obj.tasks if isinstance(obj, seqio.Mixture) else [obj]))
+    except ValueError:
+        return list(DEFAULT_KINDS)
+    bases = {n.rpartition(":")[0] for n in names}
+    if all(task.rpartition(":")[0] in bases for _, task in DEFAULT_KINDS[:3]):
+        return list(DEFAULT_KINDS)
+    formats = {}
+    for name in names:
+        try:
+            formats.setdefault(split_task_name(name)[1], name)
+        except ValueError:  # (not a Flan format task: no kind)
+            continue
+    kinds = []
+    for kind, fmts in _KIND_FORMATS:
+        task = next((formats[f] for f in fmts if f in formats), None)
+        if task is not None:
+            kinds.append((kind, task))
+    return kinds
 
 
 def eval_table(results: Results, baseline: Results | None = None) -> str:

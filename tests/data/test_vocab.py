@@ -95,3 +95,16 @@ def test_train_vocab_cli_writes_a_model(tmp_path, capsys):
     sp = spm.SentencePieceProcessor(model_file=str(out))
     assert sp.get_piece_size() == 200 and sp.piece_to_id("<sep>") > 2
     assert "200 pieces" in capsys.readouterr().out
+
+
+def test_write_model_file_copies_only_a_vocabulary_other_than_the_shipped_one(tmp_path):
+    from flan_jax.data.vocab import (default_vocabulary, galactica_vocabulary,
+                                     has_galactica_markers, vocabulary_of_file,
+                                     write_model_file)
+
+    assert write_model_file(default_vocabulary(), tmp_path) is None
+    assert not (tmp_path / "spiece.model").exists()
+    out = write_model_file(galactica_vocabulary(), tmp_path)
+    assert out == tmp_path / "spiece.model" and has_galactica_markers(str(out))
+    text = "GC of [START_DNA]ACGGT[END_DNA] is 60"
+    assert vocabulary_of_file(str(out)).encode(text) == galactica_vocabulary().encode(text)
