@@ -48,12 +48,7 @@ def sentencepiece_vocabulary(path: str, extra_ids: int = DEFAULT_EXTRA_IDS,
     `special_tokens` become unsplittable pieces placed after the model's own pieces and
     before the sentinels, so token ids of existing text do not change.
     """
-    if not isinstance(path, (str, os.PathLike)):  # gin.REQUIRED left unbound
-        raise VocabularyError("sentencepiece_vocabulary.path is not set; bind it, e.g. "
-                              "--gin.sentencepiece_vocabulary.path=\"'/path/spiece.model'\"")
-    path = os.fspath(path)
-    if not tf_exists(path):
-        raise VocabularyError(f"{path}: no such SentencePiece model")
+    path = _model_path(path, "sentencepiece_vocabulary")
     if special_tokens:
         path = with_special_tokens(path, special_tokens)
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
@@ -73,14 +68,8 @@ def galactica_vocabulary(path: str | None = None,
     """
     from flan_jax.data.galactica import TOKENS
 
-    if path is None:
-        path = str(DEFAULT_SPM_MODEL)
-    elif not isinstance(path, (str, os.PathLike)):  # gin.REQUIRED left unbound
-        raise VocabularyError("galactica_vocabulary.path is not set; bind it, e.g. "
-                              "--gin.galactica_vocabulary.path=\"'/path/spiece.model'\"")
-    path = os.fspath(path)
-    if not tf_exists(path):
-        raise VocabularyError(f"{path}: no such SentencePiece model")
+    path = _model_path(str(DEFAULT_SPM_MODEL) if path is None else path,
+                       "galactica_vocabulary")
     if not has_galactica_markers(path):
         path = with_special_tokens(path, TOKENS)
     return CharSplitVocabulary(path, extra_ids=extra_ids)
@@ -156,9 +145,7 @@ def vocabulary_of_file(path: str, extra_ids: int = DEFAULT_EXTRA_IDS
     """The vocabulary a model dir's spiece.model stands for: Galactica's (character
     splitting) when the model holds Galactica's markers (as `flan-jax convert --add_tokens
     galactica` writes it), else the plain SentencePiece one."""
-    path = os.fspath(path)
-    if not tf_exists(path):
-        raise VocabularyError(f"{path}: no such SentencePiece model")
+    path = _model_path(path, "--vocab")
     if has_galactica_markers(path):
         return CharSplitVocabulary(path, extra_ids=extra_ids)
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
@@ -191,6 +178,17 @@ def has_galactica_markers(path: str) -> bool:
     with open(path, "rb") as f:
         proto = spm_pb2.ModelProto.FromString(f.read())
     return set(TOKENS) <= {p.piece for p in proto.pieces if p.type == _USER_DEFINED}
+
+
+def _model_path(path: Any, binding: str) -> str:
+    """`path` as a string, checked to exist; `binding` names what set it in the error."""
+    if not isinstance(path, (str, os.PathLike)):  # gin.REQUIRED left unbound
+        raise VocabularyError(f"{binding}.path is not set; bind it, e.g. "
+                              f"--gin.{binding}.path=\"'/path/spiece.model'\"")
+    path = os.fspath(path)
+    if not tf_exists(path):
+        raise VocabularyError(f"{path}: no such SentencePiece model")
+    return path
 
 
 def tf_exists(path: str) -> bool:
