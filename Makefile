@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flan-jax-installed
 
-.PHONY: install test demo bench bench-train bench-data bench-restore bench-lora vocab clean
+.PHONY: install test demo bench bench-train bench-data bench-restore bench-lora bench-tokens vocab clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-restore: install
 # LoRA vs full finetuning: T5 1.1-base step memory, XL / XXL plans, quality on a JSONL task.
 bench-lora: install
 	$(PY) bench/lora.py --json docs/lora.json
+
+bench-tokens: install
+	$(PY) bench/galactica_tokens.py
 
 # Retrain the shipped SentencePiece model from the synthetic corpus (byte-for-byte the same).
 vocab: install

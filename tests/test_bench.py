@@ -277,3 +277,18 @@ def test_lora_task_is_deterministic_with_disjoint_splits_and_reports(tmp_path):
                                         "seconds": 3.0} for name in ("full", "lora")}}}
     table = bench.report(fake)
     assert "| lora finetune | 40.0% | 60.0% | 1.500 |" in table and "chance 20%" in table
+
+
+def test_galactica_tokens_benchmark_reports_the_peer_and_the_span_sweep(tmp_path):
+    out = tmp_path / "tokens.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "galactica_tokens.py"), "--quick", "--json",
+         str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "char-split / plain" in proc.stdout
+    result = json.loads(out.read_text())
+    for peer in ("plain SentencePiece", "Galactica char-split"):
+        assert result[peer]["texts_per_s"] > 0 and result[peer]["tokens"] > 0
+    assert result["char_split_over_plain"] > 0
+    assert [r["bases"] for r in result["dna"]] == [10, 100, 1000]
+    assert all(r["ns_per_base"] > 0 for r in result["dna"])

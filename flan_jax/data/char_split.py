@@ -9,6 +9,11 @@ from collections.abc import Sequence
 
 from flan_jax.data.galactica import CHAR_SPANS, TOKENS
 
+
+def _always(c: str) -> bool:
+    return True
+
+
 # sentencepiece ModelProto.SentencePiece.Type
 _NORMAL, _USER_DEFINED = 1, 4
 
@@ -36,7 +41,8 @@ class CharSplitter:
         self._sp = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_sp": None}
+        # (only what it was built from: the tables are rebuilt with the processor)
+        return {"model": self.model, "spans": self.spans, "markers": self.markers, "_sp": None}
 
     def _load(self) -> None:
         import sentencepiece
@@ -52,31 +58,51 @@ class CharSplitter:
                              "flan_jax.data.vocab.with_special_tokens (galactica_vocabulary "
                              "does)")
         self._normal = {p.piece: i for i, p in enumerate(proto.pieces) if p.type == _NORMAL}
-        self._ends = dict(self.spans)  # start marker -> its end marker
+        self._pieces = [p.piece for p in proto.pieces]
+        ids = {p.piece: i for i, p in enumerate(proto.pieces)}
+        # start marker id -> its end marker id
+        self._ends = {ids[start]: ids[end] for start, end in self.spans}
+        self._starts = tuple(start for start, _ in self.spans)
+        self._digit_ids = {i for p, i in self._normal.items() if any(c.isdigit() for c in p)}
+        # A model that never merges a digit with anything (the shipped one: split_digits)
+        # tokenizes text without a span exactly as SentencePiece does: no walk needed.
+        self._merges_digits = any(len(self._pieces[i]) > 1 for i in self._digit_ids)
+        self._in_span: dict[int, list[int]] = {}  # piece id -> its split (cached)
+        self._digits: dict[int, list[int]] = {}
         self._sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
 
     def encode(self, text: str) -> list[int]:
         if self._sp is None:
             self._load()
-        ids: list[int] = []
-        end = None  # the end marker of the span we are in, if any
-        for piece in self._sp.encode(text, out_type="proto").pieces:
-            p = piece.piece
-            if self._normal.get(p) != piece.id:
-                # (user-defined, control, unknown or byte: kept whole; markers change state)
-                if end is None and p in self._ends:
-                    end = self._ends[p]
-                elif p == end:
-                    end = None
-                ids.append(piece.id)
-                continue
+        ids = self._sp.encode(text)
+        if not self._merges_digits and not any(start in text for start in self._starts):
+            return ids
+        out: list[int] = []
+        end = None  # the end marker id of the span we are in, if any
+        for i in ids:
             if end is not None:
-                ids.extend(self._split(p, piece.id, lambda c: True))
-            elif any(c.isdigit() for c in p):
-                ids.extend(self._split(p, piece.id, str.isdigit))
+                if i == end:
+                    end = None
+                    out.append(i)
+                else:
+                    out.extend(self._split_id(i, self._in_span, _always))
+            elif i in self._ends:
+                end = self._ends[i]
+                out.append(i)
+            elif i in self._digit_ids:
+                out.extend(self._split_id(i, self._digits, str.isdigit))
             else:
-                ids.append(piece.id)
-        return ids
+                out.append(i)
+        return out
+
+    def _split_id(self, i: int, cache: dict[int, list[int]], alone) -> list[int]:
+        """The split of piece `i` (normal pieces only: markers, sentinels, unknown and byte
+        pieces are kept whole), cached per piece."""
+        if i not in cache:
+            piece = self._pieces[i]
+            cache[i] = (self._split(piece, i, alone) if self._normal.get(piece) == i
+                        else [i])
+        return cache[i]
 
     def _split(self, piece: str, piece_id: int, alone) -> list[int]:
         """Ids of pieces that concatenate to `piece`: each char with `alone(c)` by itself,
