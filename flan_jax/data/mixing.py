@@ -30,18 +30,22 @@ class FormatMix:
     `zero_shot` of it goes to zero-shot formats and the rest to few-shot ones (all of it to
     whichever kind a task has, if only one); within each, `with_options` goes to the options
     variant when the task has one; inverted formats get `inversion_weight` on top.
+    `cot_work_weight` scales the `<work>` CoT format's zero-shot slot (a task that opts in:
+    `FlanTask(cot_work=True)`): 2.0 gives it twice the plain CoT format's share, 0.0 none.
     """
 
     zero_shot: float = 0.5
     with_options: float = 0.5
     inversion_weight: float = 0.3
+    cot_work_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("zero_shot", "with_options"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"FormatMix.{name}={getattr(self, name)} must be in [0, 1]")
-        if self.inversion_weight < 0:
-            raise ValueError("FormatMix.inversion_weight must be >= 0")
+        for name in ("inversion_weight", "cot_work_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FormatMix.{name} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +103,8 @@ def format_shares(formats: set[str], mix: FormatMix = FormatMix()) -> dict[str, 
                               mix.with_options)}
     if F.INV in formats:
         shares[F.INV] = mix.inversion_weight
+    if F.COT_WORK in shares:
+        shares[F.COT_WORK] *= mix.cot_work_weight
     return shares
 
 

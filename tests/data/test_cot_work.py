@@ -95,3 +95,17 @@ def test_format_shares_give_cot_work_a_cot_slot_and_leave_others_alone():
     assert new[F.COT_WORK] == new[F.COT_ZS] == new[F.ZS_NOOPT] == pytest.approx(0.5 / 3)
     assert new[F.FS_NOOPT] == new[F.COT_FS] == 0.25 and new[F.INV] == 0.3
     assert mixing.split_task_name("x:cot_work") == ("x", F.COT_WORK)
+
+
+def test_cot_work_weight_sets_its_share_in_the_mixture():
+    formats = {F.ZS_NOOPT, F.COT_ZS, F.COT_WORK, F.FS_NOOPT}
+    base = mixing.format_shares(formats)
+    twice = mixing.format_shares(formats, mixing.FormatMix(cot_work_weight=2.0))
+    none = mixing.format_shares(formats, mixing.FormatMix(cot_work_weight=0.0))
+    assert twice[F.COT_WORK] == pytest.approx(2 * twice[F.COT_ZS]) == pytest.approx(
+        2 * base[F.COT_WORK])
+    assert none[F.COT_WORK] == 0.0
+    assert {f: v for f, v in twice.items() if f != F.COT_WORK} == {
+        f: v for f, v in base.items() if f != F.COT_WORK}
+    with pytest.raises(ValueError, match="FormatMix.cot_work_weight must be >= 0"):
+        mixing.FormatMix(cot_work_weight=-1.0)
