@@ -6,7 +6,7 @@
     seqio.get_mixture_or_task("flan_jax_science_held_out")  # zero-shot eval, unseen families
 
 Tasks are `synth_sci_<family>:<format>`; unit arithmetic also has the `cot_work` format
-(`<work> ... </work> answer`). Rates are examples-proportional with the default's cap and
+(the prompt ending in `<work>`, the target `... </work> answer`). Rates are examples-proportional with the default's cap and
 format mix (`mixtures.default`), over the same split sizes; the default mixture, its tasks
 and its vocabulary are untouched. Every task uses `science_vocabulary()`.
 """

@@ -21,8 +21,9 @@ ZS_OPT, ZS_NOOPT = "zs_opt", "zs_noopt"
 FS_OPT, FS_NOOPT = "fs_opt", "fs_noopt"
 COT_ZS, COT_FS = "cot_zs", "cot_fs"
 INV = "inv"
-# Galactica's working-memory CoT (zero-shot): the rationale inside `<work> ... </work>`, then
-# the bare answer. Last, so the formats before it keep their order; tasks opt in.
+# Galactica's working-memory CoT (zero-shot): the prompt ends by opening `<work>`, the target
+# is the rationale, `</work>`, then the bare answer. Last, so the formats before it keep
+# their order; tasks opt in.
 COT_WORK = "cot_work"
 FORMATS = (ZS_OPT, ZS_NOOPT, FS_OPT, FS_NOOPT, COT_ZS, COT_FS, INV, COT_WORK)
 FEW_SHOT_FORMATS = (FS_OPT, FS_NOOPT, COT_FS)
@@ -107,18 +108,27 @@ def extract_cot_answer(text: str) -> str:
     return match.group(1).strip() if match else text.strip()
 
 
-# Working memory (Galactica, `flan_jax.data.galactica.WORK`): `<work> {rationale} </work>
-# {answer}`, one space around each marker, so the answer is the text after the last `</work>`.
+# Working memory (Galactica, `flan_jax.data.galactica.WORK`): `{prompt} <work>` then
+# `{rationale} </work> {answer}`, one space around each marker, so that prompt and target
+# joined (a decoder-only model's sequence) read `... <work> {rationale} </work> {answer}`,
+# and the answer is the text after the last `</work>`. The prompt opens the block, as
+# Galactica's evaluation prompts did: the same question as `cot_zs`, told apart by the marker,
+# so a model trained on both formats knows which one to write.
 WORK_OPEN, WORK_CLOSE = WORK
 
 
+def work_inputs(inputs: str) -> str:
+    """`{inputs} <work>`: the prompt of the `cot_work` format (a CoT template's inputs)."""
+    return f"{inputs.rstrip()} {WORK_OPEN}"
+
+
 def work_target(rationale: str, answer: str) -> str:
-    """`<work> {rationale} </work> {answer}`: the target of the `cot_work` format."""
-    return f"{WORK_OPEN} {rationale.strip()} {WORK_CLOSE} {answer}"
+    """`{rationale} </work> {answer}`: the target of the `cot_work` format."""
+    return f"{rationale.strip()} {WORK_CLOSE} {answer}"
 
 
 def extract_work_answer(text: str) -> str:
-    """The answer of a working-memory output ('<work> 3 m is 300 cm </work> 300' -> '300').
+    """The answer of a working-memory output ('3 m is 300 cm </work> 300' -> '300').
 
     The text after the last `</work>`, stripped; text without one is returned stripped, as
     `extract_cot_answer` does, so a model that answers directly is scored on its answer.

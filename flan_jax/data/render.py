@@ -55,9 +55,9 @@ class FlanTask:
     `fields` maps a raw source example (numpy values) to the template fields; without it the
     raw features are used as they are. CoT formats need `cot` and `cot_templates`, whose
     targets should end with `formats.COT_ANSWER_SENTENCE` (use `formats.cot_target`).
-    `cot_work` adds the `cot_work` format: the CoT templates' inputs with the target
-    `<work> {rationale} </work> {answer}` (`formats.work_target`, Galactica's working memory);
-    off by default.
+    `cot_work` adds the `cot_work` format (Galactica's working memory): the CoT templates'
+    inputs followed by `<work>`, and the target `{rationale} </work> {answer}`
+    (`formats.work_inputs`, `work_target`); off by default.
     `options_required` drops the no-options formats of tasks whose options are the question
     (pick the odd one out of these four words) rather than a label set. `shuffle_buffer_size`
     is seqio's per-task buffer: keep it small for i.i.d. sources, since a mixture fills one
@@ -136,7 +136,7 @@ class FlanTask:
             return tuple(self.inversion_templates)
         if fmt == F.COT_WORK:
             work = F.work_target(f"{{{self.cot.rationale}}}", f"{{{self.cot.answer}}}")
-            return tuple(Template(t.inputs, work) for t in self.cot_templates)
+            return tuple(Template(F.work_inputs(t.inputs), work) for t in self.cot_templates)
         raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -31,7 +31,9 @@ def _spec(name="test_work", **kw):
 
 def test_work_target_and_its_answer():
     target = F.work_target("3 m is 300 cm. 300 plus 5 is 305.", "305 cm")
-    assert target == "<work> 3 m is 300 cm. 300 plus 5 is 305. </work> 305 cm"
+    assert target == "3 m is 300 cm. 300 plus 5 is 305. </work> 305 cm"
+    assert F.work_inputs("What is 3 m plus 5 cm, in cm?\n") == (
+        "What is 3 m plus 5 cm, in cm? <work>")
     assert F.extract_work_answer(target) == "305 cm"
     assert F.extract_work_answer(b"<work> a </work> b </work>  42 \n") == "42"  # the last one
     assert F.extract_work_answer("  just 7 ") == "just 7"  # no </work>: the text, stripped
@@ -54,11 +56,14 @@ def test_cot_work_renders_the_cot_inputs_with_a_work_target():
     work = [r for r in rows if r["format"] == F.COT_WORK]
     assert len(work) == 6
     for r in work:
-        assert (r["template_id"], r["inputs"]) in cot  # the same inputs as cot_zs
+        # The same question as cot_zs, told apart by the open <work> block.
+        assert r["inputs"].endswith(" <work>")
+        assert (r["template_id"], r["inputs"][:-len(" <work>")]) in cot
         ex = next(e for e in ROWS if e["question"] in r["inputs"])
-        assert r["targets"] == f"<work> {ex['rationale']} </work> {ex['answer']}"
+        assert r["targets"] == f"{ex['rationale']} </work> {ex['answer']}"
         assert F.extract_work_answer(r["targets"]) == ex["answer"]
-        assert F.extract_cot_answer(cot[(r["template_id"], r["inputs"])]) == ex["answer"]
+        assert F.extract_cot_answer(cot[(r["template_id"], r["inputs"][:-len(" <work>")])]
+                                    ) == ex["answer"]
 
 
 def test_seqio_and_grain_paths_give_the_same_work_text_and_score_the_answer():
@@ -72,12 +77,13 @@ def test_seqio_and_grain_paths_give_the_same_work_text_and_score_the_answer():
         assert isinstance(task.source, RenderedSource)
         rows = task.source.random_access("validation")
         assert seq == [(rows[i]["inputs"], rows[i]["targets"]) for i in range(len(rows))]
-        assert all(t.startswith("<work> ") and " </work> " in t for _, t in seq)
+        assert all(i.endswith(" <work>") and " </work> " in t and "<work> " not in t
+                   for i, t in seq)
         # Targets and predictions both go through the postprocessor, then exact match.
         target = task.postprocess_fn(seq[0][1], example={}, is_target=True)
         assert target == ROWS[0]["answer"]
-        good = task.postprocess_fn("<work> wrong steps </work> " + target)
-        bad = task.postprocess_fn("<work> " + target + " </work> 99")
+        good = task.postprocess_fn("wrong steps </work> " + target)
+        bad = task.postprocess_fn(target + " </work> 99")
         assert task.metric_fns[0]([target, target], [good, bad]) == {"accuracy": 50.0}
         cot = seqio.get_mixture_or_task("test_work_reg:cot_zs").postprocess_fn
         assert cot("x. So the answer is 4.") == "4"  # cot_zs keeps its own postprocessor

@@ -74,7 +74,7 @@ def test_every_template_of_every_format_renders(name):
         else:
             assert len(vocab.encode(r["inputs"])) < 100, r
         if r["format"] == F.COT_WORK:
-            assert r["targets"].startswith("<work> ") and " </work> " in r["targets"]
+            assert r["inputs"].endswith(" <work>") and " </work> " in r["targets"]
 
 
 def test_dna_answers_are_reverse_complements():
