@@ -46,14 +46,12 @@ def sample_kinds(mixture: str) -> list[tuple[str, str]]:
     """(kind, task) pairs to sample: the default mixture's four when the run trained on
     those tasks, else per kind the first task of the run's own mixture in that kind's
     formats (a science run shows its DNA and `<work>` prompts, not the default's)."""
-    import seqio
-
+    from flan_jax.data import export
     from flan_jax.data.mixing import split_task_name
 
     try:
-        obj = seqio.get_mixture_or_task(mixture)
-        names = sorted(t.name for t in (obj.tasks if isinstance(obj, seqio.Mixture) else [obj]))
-    except ValueError:
+        names = sorted(task for task, _ in export.shares(mixture))
+    except export.ExportError:  # (not registered here)
         return list(DEFAULT_KINDS)
     bases = {n.rpartition(":")[0] for n in names}
     if all(task.rpartition(":")[0] in bases for _, task in DEFAULT_KINDS[:3]):
